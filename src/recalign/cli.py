@@ -1,0 +1,263 @@
+"""The ``recalign`` command. Thin: it parses options and calls the packages, importing them lazily so
+that ``recalign --help`` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="recalign: LLM-based generative recommendation aligned with collaborative and semantic "
+                       "signals. Each sub-command is one stage of the pipeline; start with `recalign demo`.",
+                  no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Prepare, inspect, download and synthesise datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    format: Annotated[str, typer.Option("--format", "-f", help="Source layout: amazon18, minionerec, amazon-raw, "
+                                        "movielens or csv.")],
+    source: Annotated[Path, typer.Option(help="Folder holding the source files.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the prepared dataset to.")],
+    split: Annotated[str, typer.Option(help="For formats with whole logs: 'loo' (leave-one-out per user) or "
+                                       "'temporal' (global split by target time).")] = "loo",
+    max_history: Annotated[int, typer.Option(help="Longest history kept per example (most recent items).")] = 50,
+    valid_fraction: Annotated[float, typer.Option(help="Temporal split: share of examples for valid.")] = 0.1,
+    test_fraction: Annotated[float, typer.Option(help="Temporal split: share of examples for test.")] = 0.1,
+    min_user: Annotated[int, typer.Option(help="k-core: fewest interactions a user keeps.")] = 5,
+    min_item: Annotated[int, typer.Option(help="k-core: fewest interactions an item keeps.")] = 5,
+    encoding: Annotated[str | None, typer.Option(help="Text encoding of the source (default: utf-8; latin-1 "
+                                                 "for movielens).")] = None,
+    encoding_errors: Annotated[str, typer.Option(help="'error' stops at the first undecodable line; 'replace' "
+                                                 "substitutes U+FFFD and counts the lines.")] = "error",
+    unknown_items: Annotated[str, typer.Option(help="Item ids missing from the item table: 'error' or 'drop' "
+                                               "(removed and counted).")] = "error",
+    minionerec_train: Annotated[str, typer.Option(help="minionerec without train.csv: 'none' (empty train "
+                                                  "split) or 'valid' (train on the valid rows).")] = "none",
+    interactions_file: Annotated[str, typer.Option(help="csv: interactions file name.")] = "interactions.csv",
+    items_file: Annotated[str, typer.Option(help="csv: items file name.")] = "items.csv",
+    user_col: Annotated[str, typer.Option(help="csv: user column of the interactions file.")] = "user",
+    item_col: Annotated[str, typer.Option(help="csv: item column of the interactions file.")] = "item",
+    time_col: Annotated[str, typer.Option(help="csv: timestamp column (Unix seconds or dates).")] = "timestamp",
+    item_id_col: Annotated[str, typer.Option(help="csv: item id column of the items file.")] = "item",
+    title_col: Annotated[str, typer.Option(help="csv: title column of the items file.")] = "title",
+    description_col: Annotated[str, typer.Option(help="csv: optional description column.")] = "description",
+    brand_col: Annotated[str, typer.Option(help="csv: optional brand column.")] = "brand",
+    category_col: Annotated[str, typer.Option(help="csv: optional category column.")] = "category",
+) -> None:
+    """Read a source dataset, repair or refuse bad input, and write the canonical dataset to --out."""
+    from .data import DataError
+    from .data.formats import CsvColumns, PrepareOptions, prepare
+    from .data.sequences import SplitProtocol
+
+    try:
+        options = PrepareOptions(
+            protocol=SplitProtocol(split, max_history, valid_fraction, test_fraction, min_user, min_item),
+            encoding=encoding, encoding_errors=encoding_errors, unknown_items=unknown_items,
+            minionerec_train=minionerec_train, interactions_file=interactions_file, items_file=items_file,
+            columns=CsvColumns(user_col, item_col, time_col, item_id_col, title_col, description_col, brand_col,
+                               category_col))
+        with console.status(f"preparing {source} ({format})"):
+            dataset, repairs = prepare(format, source, options)
+            dataset.save(out)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    print_summary(dataset, out)
+
+
+def print_summary(dataset, out: Path) -> None:
+    counts = dataset.manifest["counts"]
+    table = Table(title=f"prepared {out}", show_header=False)
+    table.add_row("items", f"{counts['items']:,}")
+    table.add_row("users", f"{counts['users']:,}")
+    if counts["interactions"] is not None:
+        table.add_row("interactions", f"{counts['interactions']:,}")
+    for split, n in counts["examples"].items():
+        table.add_row(f"{split} examples", f"{n:,}")
+    filtering = dataset.manifest.get("filtering")
+    if filtering:
+        removed = filtering["interactions_before"] - filtering["interactions_after"]
+        table.add_row("k-core removed", f"{removed:,} interactions ({filtering['rounds']} rounds)")
+    console.print(table)
+    repairs = dataset.manifest.get("repairs", {})
+    if repairs:
+        repair_table = Table(title="repairs (see manifest.json for where)")
+        for column in ("kind", "count", "what"):
+            repair_table.add_column(column)
+        for kind, record in repairs.items():
+            repair_table.add_row(kind, f"{record['count']:,}", record["what"])
+        console.print(repair_table)
+    else:
+        console.print("repairs: none needed")
+    for note in dataset.manifest.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+
+
+@data_app.command("stats")
+def data_stats(
+    path: Annotated[Path, typer.Argument(help="A folder written by `recalign data prepare`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Counts, history lengths, shared titles and repairs of a prepared dataset."""
+    from .data import load_dataset
+    from .data.stats import dataset_stats
+
+    try:
+        stats = dataset_stats(load_dataset(path))
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(stats, indent=2))
+        return
+    table = Table(title=str(path))
+    for column in ("split", "examples", "users", "distinct targets", "history length (min/mean/max)",
+                   "targets in own history"):
+        table.add_column(column)
+    for split, s in stats["splits"].items():
+        h = s["history_length"]
+        table.add_row(split, f"{s['examples']:,}", f"{s['users']:,}", f"{s['distinct_targets']:,}",
+                      f"{h['min']}/{h['mean']}/{h['max']}" if h else "-", f"{s['targets_in_own_history']:,}")
+    console.print(table)
+    console.print(f"items {stats['items']:,} · users {stats['users']:,} · shared titles "
+                  f"{stats['duplicate_titles']['titles']:,} ({stats['duplicate_titles']['items']:,} items) · "
+                  f"attributes {stats['attributes'] or 'none'} · repairs {stats['repairs'] or 'none'}")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Folder to write items.csv and interactions.csv to.")],
+    users: Annotated[int, typer.Option(help="Number of users.")] = 3000,
+    items: Annotated[int, typer.Option(help="Number of items.")] = 1500,
+    seed: Annotated[int, typer.Option(help="Random seed; equal seeds give identical files.")] = 0,
+) -> None:
+    """Write the synthetic catalogue (the embedded default) in the csv format; prepare it with --format csv."""
+    from .data.synth import write_synthetic
+
+    summary = write_synthetic(out, n_users=users, n_items=items, seed=seed)
+    console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+@data_app.command("download")
+def data_download(
+    name: Annotated[str, typer.Argument(help="movielens-1m, or amazon18:<Category> (e.g. amazon18:Toys_and_Games).")],
+    out: Annotated[Path, typer.Option(help="Folder to download into.")],
+    base_url: Annotated[str | None, typer.Option(help="A mirror to fetch from instead of the public host.")] = None,
+) -> None:
+    """Download a public dataset (resumable; checksums verified where published)."""
+    from .data.download import DownloadError, download
+
+    try:
+        files = download(name, out, base_url=base_url)
+    except (DownloadError, ValueError) as exc:
+        fail(str(exc))
+    for path in files:
+        console.print(f"  {path}")
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        fail(f"--k takes comma-separated integers, got {text!r}")
+    if any(k < 1 for k in ks):
+        fail("--k values must be at least 1")
+    return ks
+
+
+def metrics_table(title: str, results: dict[str, dict], ks: tuple[int, ...]) -> Table:
+    """One row per metric and one column per model, so that models compare side by side."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for model in results:
+        table.add_column(model, justify="right")
+    for name in (f"{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in ks):
+        table.add_row(name, *(f"{r['metrics'][name]:.4f} ±{r['ci95'][name]:.4f}" for r in results.values()))
+    return table
+
+
+@app.command("eval")
+def evaluate_command(
+    data: Annotated[Path, typer.Option(help="A prepared dataset folder.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
+    baselines: Annotated[str, typer.Option(help="Comma-separated: popularity, random, markov.")] =
+        "popularity,random,markov",
+    k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "1,5,10,20",
+    protocol: Annotated[str, typer.Option(help="'full' (rank the whole catalogue) or 'sampled' (1 positive + "
+                                          "--negatives sampled unseen items).")] = "full",
+    negatives: Annotated[int, typer.Option(help="Sampled protocol: negatives per example.")] = 19,
+    exclude_history: Annotated[bool, typer.Option(help="Full protocol: never rank the user's history items.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the random baseline and of negative sampling.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (metric names like HR@10) instead of a table.")]
+        = False,
+) -> None:
+    """Evaluate the baselines on a prepared dataset: HR, NDCG and MRR at each K, with 95% intervals."""
+    results = run_baselines(data, split, [b.strip() for b in baselines.split(",") if b.strip()], parse_ks(k),
+                            protocol, negatives, exclude_history, seed)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        console.print(metrics_table(f"{data} · {split} · {protocol} ranking ({results['n_examples']:,} examples, "
+                                    "± = 95% interval)", results["models"], parse_ks(k)))
+
+
+def run_baselines(data: Path, split: str, names: list[str], ks: tuple[int, ...], protocol: str, negatives: int,
+                  exclude_history: bool, seed: int) -> dict:
+    from .data import load_dataset
+    from .eval import Protocol, evaluate
+    from .eval.baselines import make_baseline
+    from .eval.evaluate import protocol_record
+
+    try:
+        dataset = load_dataset(data)
+        declared = Protocol(protocol, exclude_history, negatives, seed)
+        models = {}
+        for name in names:
+            result = evaluate(make_baseline(name, dataset, seed), dataset, split, ks, declared)
+            models[name] = {"metrics": result.metrics, "ci95": result.ci95}
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        fail(str(exc))
+    return {"dataset": str(data), "protocol": protocol_record(declared, split, ks), "n_examples": result.n_examples,
+            "models": models}
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's artefacts.")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic catalogue.")] = 0,
+) -> None:
+    """The main job on the embedded default: synthesise a catalogue, prepare it, evaluate the baselines."""
+    raw, prepared = out / "raw", out / "data"
+    data_synth(out=raw, users=3000, items=1500, seed=seed)
+    data_prepare(format="csv", source=raw, out=prepared, split="loo", max_history=50, valid_fraction=0.1,
+                 test_fraction=0.1, min_user=5, min_item=5, encoding=None, encoding_errors="error",
+                 unknown_items="error", minionerec_train="none", interactions_file="interactions.csv",
+                 items_file="items.csv", user_col="user", item_col="item", time_col="timestamp",
+                 item_id_col="item", title_col="title", description_col="description", brand_col="brand",
+                 category_col="category")
+    ks = (1, 5, 10, 20)
+    results = run_baselines(prepared, "test", ["popularity", "random", "markov"], ks, "full", 19, False, 0)
+    (out / "baselines.json").write_text(json.dumps(results, indent=2) + "\n")
+    console.print(metrics_table(f"baselines on {prepared} (test, full ranking, ± = 95% interval)",
+                                results["models"], ks))
+    console.print(f"results written to {out / 'baselines.json'}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Ranking metrics from the rank of each example's target.
+
+Everything reduces to one number per example: the 0-based rank of the target in the model's ordering,
+``inf`` when the target is not ranked at all (not generated, or excluded). Ties between scores are broken
+pessimistically (an item scoring the same as the target counts as ranked above it), so a model that
+scores everything equal earns nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_KS = (1, 5, 10, 20)
+NOT_RANKED = np.inf
+Z_95 = 1.959963984540054
+
+
+def ranks_from_scores(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Pessimistic 0-based rank of ``targets[i]`` in row i of ``scores``; ``inf`` where its score is -inf."""
+    target_scores = np.take_along_axis(scores, targets[:, None], axis=1)
+    ranks = (scores >= target_scores).sum(axis=1).astype(np.float64) - 1
+    ranks[np.isneginf(target_scores[:, 0])] = NOT_RANKED
+    return ranks
+
+
+def ranks_from_lists(ranked: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Rank of each target in a (n, K) matrix of ranked item ids (-1 marks an empty or invalid slot)."""
+    hits = ranked == targets[:, None]
+    return np.where(hits.any(axis=1), hits.argmax(axis=1), NOT_RANKED).astype(np.float64)
+
+
+def per_example(ranks: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Per-example HR@k, NDCG@k and MRR@k (one relevant item: IDCG = 1)."""
+    inside = ranks < k
+    safe = np.where(inside, ranks, 0)
+    return {
+        f"HR@{k}": inside.astype(np.float64),
+        f"NDCG@{k}": np.where(inside, 1.0 / np.log2(safe + 2), 0.0),
+        f"MRR@{k}": np.where(inside, 1.0 / (safe + 1), 0.0),
+    }
+
+
+def ranking_metrics(ranks: np.ndarray, ks=DEFAULT_KS) -> dict[str, float]:
+    """HR@k, NDCG@k and MRR@k, averaged over examples, for each k."""
+    if len(ranks) == 0:
+        raise ValueError("no examples to evaluate")
+    return {name: float(values.mean()) for k in ks for name, values in per_example(ranks, k).items()}
+
+
+def confidence_95(ranks: np.ndarray, ks=DEFAULT_KS) -> dict[str, float]:
+    """Half-width of the normal-approximation 95% interval of each metric (standard error x 1.96)."""
+    n = len(ranks)
+    return {name: float(Z_95 * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+            for k in ks for name, values in per_example(ranks, k).items()}
+
+
+def invalid_rate(ranked: np.ndarray) -> float:
+    """Share of output slots that hold no catalogue item (-1): what unconstrained generation gets wrong."""
+    return float((ranked < 0).mean())
+
+
+def coverage(ranked: np.ndarray, n_items: int, k: int) -> float:
+    """Share of the catalogue that appears in at least one top-k list."""
+    top = ranked[:, :k]
+    return float(len(np.unique(top[top >= 0])) / n_items)
