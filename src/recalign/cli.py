@@ -4,6 +4,7 @@ that ``recalign --help`` stays fast."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -159,6 +160,7 @@ def data_download(
     """Download a public dataset (resumable; checksums verified where published)."""
     from .data.download import DownloadError, download
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the downloader reports skips and restarts
     try:
         files = download(name, out, base_url=base_url)
     except (DownloadError, ValueError) as exc:
@@ -227,8 +229,10 @@ def run_baselines(data: Path, split: str, names: list[str], ks: tuple[int, ...],
         for name in names:
             result = evaluate(make_baseline(name, dataset, seed), dataset, split, ks, declared)
             models[name] = {"metrics": result.metrics, "ci95": result.ci95}
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
+    except KeyError as exc:
+        fail(exc.args[0])
     return {"dataset": str(data), "protocol": protocol_record(declared, split, ks), "n_examples": result.n_examples,
             "models": models}
 

@@ -102,15 +102,18 @@ class Dataset:
     def titles(self) -> list[str]:
         return self.items.column("title").to_pylist()
 
+    def table(self, name: str) -> pa.Table:
+        if name not in self.examples:
+            raise KeyError(f"no split {name!r}; this dataset has {list(self.examples)}")
+        return self.examples[name]
+
     def split(self, name: str) -> pd.DataFrame:
         """One split as a DataFrame (``history`` holds numpy arrays)."""
-        if name not in self.examples:
-            raise KeyError(f"no split {name!r}; this dataset has {sorted(self.examples)}")
-        return self.examples[name].to_pandas()
+        return self.table(name).to_pandas()
 
     def histories(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """A split's histories as (offsets, values): history i is values[offsets[i]:offsets[i+1]]."""
-        column = self.examples[name].column("history").combine_chunks()
+        column = self.table(name).column("history").combine_chunks()
         return column.offsets.to_numpy(), column.values.to_numpy()
 
     def check(self) -> None:

@@ -38,7 +38,7 @@ def evaluate(scorer: Scorer, dataset: Dataset, split: str = "test", ks=DEFAULT_K
              protocol: Protocol | None = None) -> Evaluation:
     protocol = protocol or Protocol()
     histories = split_histories(*dataset.histories(split))
-    targets = dataset.examples[split].column("target").to_numpy().astype(np.int64)
+    targets = dataset.table(split).column("target").to_numpy().astype(np.int64)
     if protocol.kind == "full":
         ranks = full_ranking_ranks(scorer, histories, targets, protocol.exclude_history)
     else:

@@ -30,8 +30,8 @@ def item_frame(frame: pd.DataFrame, path: Path, id_col: str, columns: dict[str, 
     for canonical, column in columns.items():
         if column in frame.columns:
             items[canonical] = frame[column].to_numpy(dtype=object)
-    titles = items["title"].astype(str).str.strip()
-    empty = (titles == "").to_numpy()
+    titles = items["title"].astype(str)  # kept exactly as written: identifiers are built from these bytes
+    empty = (titles.str.strip() == "").to_numpy()
     if empty.any():
         repairs.add("empty_title", f"{path.name} row {int(np.flatnonzero(empty)[0]) + 1}", int(empty.sum()))
         titles[empty] = "item " + items["raw_id"][empty].astype(str)
@@ -48,7 +48,7 @@ def parse_timestamps(values: pd.Series, path: Path, field: str, repairs: Repairs
     result = np.full(len(values), NO_TIMESTAMP, dtype=np.int64)
     bad = numeric.isna().to_numpy()
     if bad.any():
-        dates = pd.to_datetime(values[bad], errors="coerce", utc=True)
+        dates = pd.to_datetime(values[bad], errors="coerce", utc=True, format="mixed")
         if dates.isna().any():
             row = int(np.flatnonzero(bad)[np.flatnonzero(dates.isna().to_numpy())[0]]) + 1
             raise DataError(path, f"timestamp {values.iloc[row - 1]!r} is neither Unix seconds nor a date",

@@ -1,0 +1,56 @@
+import json
+
+from typer.testing import CliRunner
+
+from recalign.cli import app
+from tests.conftest import write_csv_source
+
+runner = CliRunner()
+
+
+def prepared(tmp_path):
+    items = [(c, f"Item {c}", "B") for c in "abcdefgh"]
+    log = [(f"u{u}", "abcdefgh"[(u + t) % 8], t) for u in range(12) for t in range(6)]
+    source = write_csv_source(tmp_path / "src", items, log)
+    result = runner.invoke(app, ["data", "prepare", "-f", "csv", "--source", str(source), "--out",
+                                 str(tmp_path / "data"), "--min-item", "1"])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "data"
+
+
+def test_eval_json_reports_each_baseline_with_named_metrics(tmp_path):
+    data = prepared(tmp_path)
+    result = runner.invoke(app, ["eval", "--data", str(data), "--k", "1,5", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report["models"]) == {"popularity", "random", "markov"}
+    assert set(report["models"]["markov"]["metrics"]) == {"HR@1", "HR@5", "NDCG@1", "NDCG@5", "MRR@1", "MRR@5"}
+    # every user walks the 8 items in a cycle: the last item determines the next one
+    assert report["models"]["markov"]["metrics"]["HR@1"] == 1.0
+    assert report["protocol"] == {"kind": "full", "exclude_history": False, "n_negatives": 19, "seed": 0,
+                                  "split": "test", "ks": [1, 5], "ties": "pessimistic"}
+
+
+def test_eval_table_and_sampled_protocol(tmp_path):
+    data = prepared(tmp_path)
+    result = runner.invoke(app, ["eval", "--data", str(data), "--protocol", "sampled", "--negatives", "2"])
+    assert result.exit_code == 0, result.output
+    assert "NDCG@10" in result.output and "markov" in result.output
+
+
+def test_bad_arguments_fail_with_a_message(tmp_path):
+    data = prepared(tmp_path)
+    for args, message in ((["--k", "x"], "comma-separated"), (["--baselines", "oracle"], "unknown baseline"),
+                          (["--split", "dev"], "no split"), (["--protocol", "both"], "protocol")):
+        result = runner.invoke(app, ["eval", "--data", str(data), *args])
+        assert result.exit_code == 1 and message in result.output, result.output
+    result = runner.invoke(app, ["data", "prepare", "-f", "parquet", "--source", str(tmp_path), "--out", "x"])
+    assert result.exit_code == 1 and "unknown format" in result.output
+
+
+def test_every_command_has_help():
+    for command in (["--help"], ["data", "--help"], ["data", "prepare", "--help"], ["data", "stats", "--help"],
+                    ["data", "synth", "--help"], ["data", "download", "--help"], ["eval", "--help"],
+                    ["demo", "--help"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0 and "Usage" in result.output

@@ -1,0 +1,73 @@
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from recalign.eval.metrics import (
+    confidence_95,
+    coverage,
+    invalid_rate,
+    ranking_metrics,
+    ranks_from_lists,
+    ranks_from_scores,
+)
+
+
+def test_metrics_match_hand_computed_values():
+    # targets ranked 0th, 2nd, 5th and not at all
+    ranks = np.array([0, 2, 5, np.inf])
+    m = ranking_metrics(ranks, ks=(1, 3, 10))
+    assert m["HR@1"] == pytest.approx(1 / 4)
+    assert m["HR@3"] == pytest.approx(2 / 4)
+    assert m["HR@10"] == pytest.approx(3 / 4)
+    assert m["NDCG@1"] == pytest.approx(1 / 4)
+    assert m["NDCG@3"] == pytest.approx((1 + 1 / math.log2(4)) / 4)
+    assert m["NDCG@10"] == pytest.approx((1 + 0.5 + 1 / math.log2(7)) / 4)
+    assert m["MRR@3"] == pytest.approx((1 + 1 / 3) / 4)
+    assert m["MRR@10"] == pytest.approx((1 + 1 / 3 + 1 / 6) / 4)
+
+
+def test_ranks_from_scores_breaks_ties_pessimistically_and_respects_masking():
+    scores = np.array([[0.1, 0.5, 0.5, 0.2], [1.0, 1.0, 1.0, 1.0], [0.3, -np.inf, 0.1, 0.0]])
+    assert ranks_from_scores(scores, np.array([1, 0, 1])).tolist() == [1, 3, np.inf]
+
+
+def test_ranks_from_lists_finds_first_hit_and_ignores_invalid_slots():
+    ranked = np.array([[3, 1, 2], [-1, -1, 7], [4, 5, 6]])
+    assert ranks_from_lists(ranked, np.array([1, 7, 9])).tolist() == [1, 2, np.inf]
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(2, 9)),
+              elements=st.sampled_from([-np.inf, -1.0, 0.0, 0.5, 0.5, 1.0, 2.0])), st.data())
+def test_ranks_from_scores_equals_a_sort_that_puts_the_target_after_its_ties(scores, data):
+    targets = np.array([data.draw(st.integers(0, scores.shape[1] - 1)) for _ in range(scores.shape[0])])
+    ranks = ranks_from_scores(scores, targets)
+    for row, target, rank in zip(scores, targets, ranks):
+        if np.isneginf(row[target]):
+            assert rank == np.inf
+            continue
+        order = sorted(range(len(row)), key=lambda i: (-row[i], i == target))  # ties first, then the target
+        assert rank == order.index(target)
+
+
+def test_invalid_rate_and_coverage():
+    ranked = np.array([[0, 1, -1], [1, 2, 3], [-1, -1, -1]])
+    assert invalid_rate(ranked) == pytest.approx(4 / 9)
+    assert coverage(ranked, n_items=10, k=2) == pytest.approx(3 / 10)  # {0, 1, 2}
+    assert coverage(ranked, n_items=10, k=3) == pytest.approx(4 / 10)
+
+
+def test_confidence_interval_is_the_binomial_normal_approximation():
+    ranks = np.array([0] * 30 + [np.inf] * 70, dtype=float)
+    half = confidence_95(ranks, ks=(10,))["HR@10"]
+    p = 0.3
+    assert half == pytest.approx(1.959964 * math.sqrt(p * (1 - p) * 100 / 99) / 10, rel=1e-5)
+
+
+def test_empty_evaluation_is_refused():
+    with pytest.raises(ValueError):
+        ranking_metrics(np.array([]))
