@@ -60,8 +60,7 @@ def data_prepare(
     category_col: Annotated[str, typer.Option(help="csv: optional category column.")] = "category",
 ) -> None:
     """Read a source dataset, repair or refuse bad input, and write the canonical dataset to --out."""
-    from .data import DataError
-    from .data.formats import CsvColumns, PrepareOptions, prepare
+    from .data.formats import CsvColumns, PrepareOptions
     from .data.sequences import SplitProtocol
 
     try:
@@ -71,8 +70,18 @@ def data_prepare(
             minionerec_train=minionerec_train, interactions_file=interactions_file, items_file=items_file,
             columns=CsvColumns(user_col, item_col, time_col, item_id_col, title_col, description_col, brand_col,
                                category_col))
+    except ValueError as exc:
+        fail(str(exc))
+    prepare_and_save(format, source, out, options)
+
+
+def prepare_and_save(format: str, source: Path, out: Path, options) -> None:
+    from .data import DataError
+    from .data.formats import prepare
+
+    try:
         with console.status(f"preparing {source} ({format})"):
-            dataset, repairs = prepare(format, source, options)
+            dataset, _ = prepare(format, source, options)
             dataset.save(out)
     except (DataError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
@@ -243,14 +252,11 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic catalogue.")] = 0,
 ) -> None:
     """The main job on the embedded default: synthesise a catalogue, prepare it, evaluate the baselines."""
+    from .data.formats import PrepareOptions
+
     raw, prepared = out / "raw", out / "data"
     data_synth(out=raw, users=3000, items=1500, seed=seed)
-    data_prepare(format="csv", source=raw, out=prepared, split="loo", max_history=50, valid_fraction=0.1,
-                 test_fraction=0.1, min_user=5, min_item=5, encoding=None, encoding_errors="error",
-                 unknown_items="error", minionerec_train="none", interactions_file="interactions.csv",
-                 items_file="items.csv", user_col="user", item_col="item", time_col="timestamp",
-                 item_id_col="item", title_col="title", description_col="description", brand_col="brand",
-                 category_col="category")
+    prepare_and_save("csv", raw, prepared, PrepareOptions())
     ks = (1, 5, 10, 20)
     results = run_baselines(prepared, "test", ["popularity", "random", "markov"], ks, "full", 19, False, 0)
     (out / "baselines.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -1,9 +1,9 @@
 import json
 
+from tests.conftest import write_csv_source
 from typer.testing import CliRunner
 
 from recalign.cli import app
-from tests.conftest import write_csv_source
 
 runner = CliRunner()
 

@@ -1,9 +1,9 @@
 import pytest
+from tests.conftest import write_csv_source
 
 from recalign.data import DataError, load_dataset
 from recalign.data.formats import PrepareOptions, prepare
 from recalign.data.sequences import SplitProtocol
-from tests.conftest import write_csv_source
 
 LOOSE = SplitProtocol("loo", min_user_interactions=1, min_item_interactions=1)
 ITEMS = [("a", "Alpha Widget", "Acme"), ("b", "Beta Gadget", "Acme"), ("c", "Gamma Gizmo", "Zed")]

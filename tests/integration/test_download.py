@@ -82,8 +82,9 @@ def server() -> Iterator[Server]:
             self.end_headers()
             if state.cut_after is not None:
                 chunk = chunk[:state.cut_after]
-            self.wfile.write(chunk)
+            # counted before writing: the client may finish, and the test read this, before write returns
             state.sent[self.path] = state.sent.get(self.path, 0) + len(chunk)
+            self.wfile.write(chunk)
 
         def log_message(self, *args: object) -> None:
             pass

@@ -11,7 +11,8 @@ from recalign.data.sequences import examples_from_lists
 
 
 def small_dataset(target=2):
-    items = pd.DataFrame({"raw_id": ["A", "B", "C"], "title": ["x", "y", "z"], "sid": [["<a_1>"], ["<a_2>"], ["<a_3>"]]})
+    items = pd.DataFrame({"raw_id": ["A", "B", "C"], "title": ["x", "y", "z"],
+                          "sid": [["<a_1>"], ["<a_2>"], ["<a_3>"]]})
     split = examples_from_lists([0, 1], ["u0", "u1"], [[0, 1], [2]], [target, 0], [5, 6])
     return Dataset(item_table(items), {"train": split, "valid": split, "test": split}, {"name": "small"})
 

@@ -61,13 +61,15 @@ class Interactions:
 
 def deduplicate(log: Interactions, repairs: Repairs) -> Interactions:
     """Removes exact repeats of (user, item, timestamp); a repeated purchase at another time is kept."""
-    keys = np.stack([log.user.astype(np.int64), log.item.astype(np.int64), log.timestamp.astype(np.int64)], axis=1)
-    _, first = np.unique(keys, axis=0, return_index=True)
-    keep = np.zeros(len(keys), dtype=bool)
-    keep[first] = True
+    order = np.lexsort((log.timestamp, log.item, log.user))  # stable: the first copy in file order comes first
+    user, item, timestamp = log.user[order], log.item[order], log.timestamp[order]
+    repeat = (user[1:] == user[:-1]) & (item[1:] == item[:-1]) & (timestamp[1:] == timestamp[:-1])
+    keep = np.ones(len(order), dtype=bool)
+    keep[order[1:][repeat]] = False
     if (~keep).any():
         rows = np.flatnonzero(~keep)[:5]
-        repairs.add("duplicate_interaction", f"interactions {rows.tolist()} (0-based, after parsing)", int((~keep).sum()))
+        repairs.add("duplicate_interaction", f"interactions {rows.tolist()} (0-based, after parsing)",
+                    int((~keep).sum()))
     return log.select(keep)
 
 
@@ -122,32 +124,27 @@ def build_dataset(log: Interactions, items: pd.DataFrame, protocol: SplitProtoco
     item = item_ids[log.item]
     timestamp = log.timestamp.astype(np.int64)
 
-    order = np.lexsort((np.arange(len(user)), timestamp, user))  # stable: source order breaks timestamp ties
+    order = np.lexsort((timestamp, user))  # a stable sort: source order breaks timestamp ties
     user, item, timestamp = user[order], item[order], timestamp[order]
     first = np.r_[True, user[1:] != user[:-1]]
     starts = np.maximum.accumulate(np.where(first, np.arange(len(user)), 0))
     positions = np.flatnonzero(~first)  # every interaction after a user's first is a target
-    offsets, history_index = flat_histories(starts[positions], positions, protocol.max_history)
-
     split = _assign_splits(user[positions], timestamp[positions], positions, protocol)
-    user_names = names[name_order]
+    user_names = names[name_order].astype(str)
     examples = {}
     for code, name in enumerate(("train", "valid", "test")):
-        rows = np.flatnonzero(split == code)
-        lengths = offsets[rows + 1] - offsets[rows]
-        sub_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=sub_offsets[1:])
-        gather = np.repeat(offsets[rows], lengths) + (np.arange(sub_offsets[-1]) - np.repeat(sub_offsets[:-1], lengths))
-        target_at = positions[rows]
-        examples[name] = example_table(user[target_at], user_names[user[target_at]].astype(str), sub_offsets,
-                                       item[history_index[gather]], item[target_at], timestamp[target_at])
+        at = positions[split == code]
+        offsets, history_index = flat_histories(starts[at], at, protocol.max_history)
+        examples[name] = example_table(user[at], user_names[user[at]], offsets, item[history_index], item[at],
+                                       timestamp[at])
 
     catalogue = items.iloc[kept_items].reset_index(drop=True)
     manifest = {"source": source, "protocol": asdict(protocol), "filtering": filtering, "repairs": repairs.to_dict()}
     return Dataset(item_table(catalogue), examples, manifest, interaction_table(user, item, timestamp))
 
 
-def _assign_splits(user: np.ndarray, timestamp: np.ndarray, positions: np.ndarray, protocol: SplitProtocol) -> np.ndarray:
+def _assign_splits(user: np.ndarray, timestamp: np.ndarray, positions: np.ndarray,
+                   protocol: SplitProtocol) -> np.ndarray:
     """0 / 1 / 2 (train / valid / test) for each example; examples arrive grouped by user, in time order."""
     n = len(user)
     split = np.zeros(n, dtype=np.int8)

@@ -20,8 +20,6 @@ import pandas as pd
 
 from .problems import DataError, Repairs
 
-ENCODING_ERRORS = ("error", "replace")
-
 
 def open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
@@ -39,7 +37,8 @@ def decode_line(raw: bytes, path: Path, line_no: int, encoding: str, errors: str
         return raw.decode(encoding, errors="replace")
 
 
-def iter_lines(path: Path, repairs: Repairs, encoding: str = "utf-8", errors: str = "error") -> Iterator[tuple[int, str]]:
+def iter_lines(path: Path, repairs: Repairs, encoding: str = "utf-8",
+               errors: str = "error") -> Iterator[tuple[int, str]]:
     """Yields (1-based line number, decoded line without its newline), streaming (gzip transparently)."""
     with open_binary(path) as handle:
         for line_no, raw in enumerate(handle, start=1):

@@ -86,7 +86,8 @@ def prepare(source: Path, options: PrepareOptions, repairs: Repairs) -> Dataset:
     items = item_frame(item_rows, items_path, cols.item_id,
                        {"title": cols.title, "description": cols.description, "brand": cols.brand,
                         "category": cols.category}, repairs)
-    log = read_csv(interactions_path, [cols.user, cols.item, cols.timestamp], repairs, encoding, options.encoding_errors)
+    log = read_csv(interactions_path, [cols.user, cols.item, cols.timestamp], repairs, encoding,
+                   options.encoding_errors)
     timestamps = parse_timestamps(log[cols.timestamp], interactions_path, cols.timestamp, repairs)
     rows, keep = resolve_items(log[cols.item], pd.Index(items["raw_id"]), interactions_path, cols.item,
                                options.unknown_items, repairs)

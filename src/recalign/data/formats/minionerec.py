@@ -62,7 +62,8 @@ def prepare(source: Path, options: PrepareOptions, repairs: Repairs) -> Dataset:
     frame = pd.DataFrame({
         "item": keys,
         "title": [str(raw_items[k]["title"]) for k in keys],
-        "description": [description_text(str(raw_items[k].get("description") or ""), items_path, k, repairs) for k in keys],
+        "description": [description_text(str(raw_items[k].get("description") or ""), items_path, k, repairs)
+                        for k in keys],
         "brand": [raw_items[k].get("brand") or None for k in keys],
         "category": [raw_items[k].get("categories") or None for k in keys],
     })
