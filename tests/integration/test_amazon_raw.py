@@ -137,6 +137,12 @@ def test_invalid_utf8_is_refused_by_default_and_counted_when_replaced(tmp_path: 
     assert ("u1", ("A", "A", "B"), "C", 300) in examples(dataset, "valid")  # the repaired line's A@50 comes first
 
 
+def test_the_download_record_beside_the_dumps_is_not_taken_for_a_dump(source: Path):
+    (source / "download.json").write_text('{"files": {}}')  # what `recalign data download` leaves there
+    dataset, _ = prepare("amazon-raw", source, PrepareOptions(protocol=small_protocol()))
+    assert dataset.n_items == 4
+
+
 @pytest.mark.parametrize("names, found", [
     (["Office_Products_5.json.gz", "Toys_5.json", "meta_Office_Products.json.gz"], "Toys_5.json"),
     (["Office_Products_5.json.gz"], "metadata []"),

@@ -269,3 +269,22 @@ def test_unknown_amazon_category_lists_the_categories(tmp_path: Path) -> None:
         download("amazon18:Toys_and_Game", tmp_path, progress=False)
     assert "did you mean Toys_and_Games" in str(info.value)
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_downloads_then_prepares_movielens(server: Server, ml1m: bytes, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recalign.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "download", "movielens-1m", "--out", str(tmp_path / "dl"),
+                                 "--base-url", server.base_url])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["data", "prepare", "-f", "movielens", "--source", str(tmp_path / "dl"),
+                                 "--out", str(tmp_path / "data"), "--min-user", "1", "--min-item", "1",
+                                 "--unknown-items", "drop"])  # the fake ratings name two movies it lacks
+    assert result.exit_code == 0, result.output
+    assert "unknown_item" in result.output and (tmp_path / "data" / "manifest.json").exists()
+    missing = runner.invoke(app, ["data", "download", "movielens-1m", "--out", str(tmp_path / "x"),
+                                  "--base-url", server.base_url + "/nowhere"])
+    assert missing.exit_code == 1 and "404" in missing.output

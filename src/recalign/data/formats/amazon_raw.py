@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ..dataset import Dataset
+from ..download import MANIFEST as DOWNLOAD_MANIFEST
 from ..problems import DataError, Repairs
 from ..sequences import Interactions, build_dataset
 from ..textio import clean_title, iter_lines
@@ -65,7 +66,8 @@ def find_files(source: Path) -> tuple[Path, Path]:
     """The reviews file and the metadata file of ``source``; anything but exactly one of each is refused."""
     if not source.is_dir():
         raise DataError(source, "amazon-raw reads a directory holding a reviews file and a meta_*.json(.gz) file")
-    found = sorted(p for p in source.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+    found = sorted(p for p in source.iterdir()
+                   if p.is_file() and p.name.endswith(SUFFIXES) and p.name != DOWNLOAD_MANIFEST)
     meta = [p for p in found if p.name.startswith(META_PREFIX)]
     reviews = [p for p in found if not p.name.startswith(META_PREFIX)]
     if len(reviews) != 1 or len(meta) != 1:
