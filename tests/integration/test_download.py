@@ -282,9 +282,9 @@ def test_cli_downloads_then_prepares_movielens(server: Server, ml1m: bytes, tmp_
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["data", "prepare", "-f", "movielens", "--source", str(tmp_path / "dl"),
                                  "--out", str(tmp_path / "data"), "--min-user", "1", "--min-item", "1",
-                                 "--unknown-items", "drop"])  # the fake ratings name two movies it lacks
-    assert result.exit_code == 0, result.output
-    assert "unknown_item" in result.output and (tmp_path / "data" / "manifest.json").exists()
+                                 "--unknown-items", "drop"])
+    # the fake ratings name two movies the fake movies.dat lacks: one rating is left, too few to learn from
+    assert result.exit_code == 1 and "no example to make" in result.output, result.output
     missing = runner.invoke(app, ["data", "download", "movielens-1m", "--out", str(tmp_path / "x"),
                                   "--base-url", server.base_url + "/nowhere"])
     assert missing.exit_code == 1 and "404" in missing.output

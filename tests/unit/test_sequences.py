@@ -91,6 +91,9 @@ def test_filtering_renumbers_items_and_users_and_counts_duplicates():
 def test_empty_result_and_bad_protocols_are_refused():
     with pytest.raises(ValueError, match="k-core"):
         build_dataset(log_from([("x", 0, 1)]), ITEMS, SplitProtocol(), Repairs(), {})
+    loose = SplitProtocol(min_user_interactions=1, min_item_interactions=1)
+    with pytest.raises(ValueError, match="no example"):
+        build_dataset(log_from([("x", 0, 1), ("y", 1, 1)]), ITEMS, loose, Repairs(), {})
     with pytest.raises(ValueError):
         SplitProtocol("random")
     with pytest.raises(ValueError):

@@ -129,6 +129,8 @@ def build_dataset(log: Interactions, items: pd.DataFrame, protocol: SplitProtoco
     first = np.r_[True, user[1:] != user[:-1]]
     starts = np.maximum.accumulate(np.where(first, np.arange(len(user)), 0))
     positions = np.flatnonzero(~first)  # every interaction after a user's first is a target
+    if len(positions) == 0:
+        raise ValueError("no user has two interactions left after filtering, so there is no example to make")
     split = _assign_splits(user[positions], timestamp[positions], positions, protocol)
     user_names = names[name_order].astype(str)
     examples = {}
