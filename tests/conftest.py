@@ -3,7 +3,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# Tiny models train faster on one thread, and two test processes on 2 cores must not oversubscribe them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from recalign.data.dataset import Dataset, item_table  # noqa: E402
+from recalign.data.sequences import examples_from_lists  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("RECALIGN_SHARED_DATA",
                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -25,3 +33,32 @@ def write_csv_source(folder: Path, items: list[tuple], interactions: list[tuple]
     (folder / "interactions.csv").write_text(
         log_header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in interactions))
     return folder
+
+
+N_ITEMS = 12
+
+
+def next_item(a: int, b: int) -> int:
+    """The synthetic rule: the next item is a function of the last two (and of neither alone)."""
+    return (a * b + 2 * a + 1) % N_ITEMS
+
+
+def rule_dataset(n_users=30, length=8, seed=0, with_valid=False) -> Dataset:
+    """Each user starts at a random pair and follows ``next_item``; test rows repeat each user's longest example
+    (and so do the valid rows, ``with_valid``, for tests of the early-stopping bookkeeping)."""
+    rng = np.random.default_rng(seed)
+    train_rows, test_rows = [], []
+    for user in range(n_users):
+        sequence = rng.integers(0, N_ITEMS, 2).tolist()
+        while len(sequence) < length:
+            sequence.append(next_item(sequence[-2], sequence[-1]))
+        train_rows += [(user, sequence[:k], sequence[k]) for k in range(2, length)]
+        test_rows.append((user, sequence[:-1], sequence[-1]))
+
+    def table(rows):
+        return examples_from_lists([u for u, _, _ in rows], [str(u) for u, _, _ in rows], [h for _, h, _ in rows],
+                                   [t for _, _, t in rows], [0] * len(rows))
+
+    items = pd.DataFrame({"raw_id": [f"i{i}" for i in range(N_ITEMS)], "title": [f"t{i}" for i in range(N_ITEMS)]})
+    valid = table(test_rows if with_valid else [])
+    return Dataset(item_table(items), {"train": table(train_rows), "valid": valid, "test": table(test_rows)})

@@ -1,30 +1,18 @@
-"""The ``recalign`` command. Thin: it parses options and calls the packages, importing them lazily so
-that ``recalign --help`` stays fast."""
+"""``recalign data ...``: prepare, inspect, synthesise and download datasets."""
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="recalign: LLM-based generative recommendation aligned with collaborative and semantic "
-                       "signals. Each sub-command is one stage of the pipeline; start with `recalign demo`.",
-                  no_args_is_help=True, add_completion=False)
+from .common import console, fail, load_dataset_or_fail
+
 data_app = typer.Typer(help="Prepare, inspect, download and synthesise datasets.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-console = Console()
-err = Console(stderr=True)
-
-
-def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 @data_app.command("prepare")
@@ -60,8 +48,8 @@ def data_prepare(
     category_col: Annotated[str, typer.Option(help="csv: optional category column.")] = "category",
 ) -> None:
     """Read a source dataset, repair or refuse bad input, and write the canonical dataset to --out."""
-    from .data.formats import CsvColumns, PrepareOptions
-    from .data.sequences import SplitProtocol
+    from ..data.formats import CsvColumns, PrepareOptions
+    from ..data.sequences import SplitProtocol
 
     try:
         options = PrepareOptions(
@@ -76,8 +64,8 @@ def data_prepare(
 
 
 def prepare_and_save(format: str, source: Path, out: Path, options) -> None:
-    from .data import DataError
-    from .data.formats import prepare
+    from ..data import DataError
+    from ..data.formats import prepare
 
     try:
         with console.status(f"preparing {source} ({format})"):
@@ -122,13 +110,9 @@ def data_stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Counts, history lengths, shared titles and repairs of a prepared dataset."""
-    from .data import load_dataset
-    from .data.stats import dataset_stats
+    from ..data.stats import dataset_stats
 
-    try:
-        stats = dataset_stats(load_dataset(path))
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
+    stats = dataset_stats(load_dataset_or_fail(path))
     if as_json:
         typer.echo(json.dumps(stats, indent=2))
         return
@@ -154,7 +138,7 @@ def data_synth(
     seed: Annotated[int, typer.Option(help="Random seed; equal seeds give identical files.")] = 0,
 ) -> None:
     """Write the synthetic catalogue (the embedded default) in the csv format; prepare it with --format csv."""
-    from .data.synth import write_synthetic
+    from ..data.synth import write_synthetic
 
     summary = write_synthetic(out, n_users=users, n_items=items, seed=seed)
     console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
@@ -167,7 +151,7 @@ def data_download(
     base_url: Annotated[str | None, typer.Option(help="A mirror to fetch from instead of the public host.")] = None,
 ) -> None:
     """Download a public dataset (resumable; checksums verified where published)."""
-    from .data.download import DownloadError, download
+    from ..data.download import DownloadError, download
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the downloader reports skips and restarts
     try:
@@ -176,98 +160,3 @@ def data_download(
         fail(str(exc))
     for path in files:
         console.print(f"  {path}")
-
-
-def parse_ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(int(k) for k in text.split(","))
-    except ValueError:
-        fail(f"--k takes comma-separated integers, got {text!r}")
-    if any(k < 1 for k in ks):
-        fail("--k values must be at least 1")
-    return ks
-
-
-def metrics_table(title: str, results: dict[str, dict], ks: tuple[int, ...]) -> Table:
-    """One row per metric and one column per model, so that models compare side by side."""
-    table = Table(title=title)
-    table.add_column("metric")
-    for model in results:
-        table.add_column(model, justify="right")
-    for name in (f"{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in ks):
-        table.add_row(name, *(f"{r['metrics'][name]:.4f} ±{r['ci95'][name]:.4f}" for r in results.values()))
-    return table
-
-
-@app.command("eval")
-def evaluate_command(
-    data: Annotated[Path, typer.Option(help="A prepared dataset folder.")],
-    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
-    baselines: Annotated[str, typer.Option(help="Comma-separated: popularity, random, markov.")] =
-        "popularity,random,markov",
-    k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "1,5,10,20",
-    protocol: Annotated[str, typer.Option(help="'full' (rank the whole catalogue) or 'sampled' (1 positive + "
-                                          "--negatives sampled unseen items).")] = "full",
-    negatives: Annotated[int, typer.Option(help="Sampled protocol: negatives per example.")] = 19,
-    exclude_history: Annotated[bool, typer.Option(help="Full protocol: never rank the user's history items.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the random baseline and of negative sampling.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (metric names like HR@10) instead of a table.")]
-        = False,
-) -> None:
-    """Evaluate the baselines on a prepared dataset: HR, NDCG and MRR at each K, with 95% intervals."""
-    results = run_baselines(data, split, [b.strip() for b in baselines.split(",") if b.strip()], parse_ks(k),
-                            protocol, negatives, exclude_history, seed)
-    if as_json:
-        typer.echo(json.dumps(results, indent=2))
-    else:
-        console.print(metrics_table(f"{data} · {split} · {protocol} ranking ({results['n_examples']:,} examples, "
-                                    "± = 95% interval)", results["models"], parse_ks(k)))
-
-
-def run_baselines(data: Path, split: str, names: list[str], ks: tuple[int, ...], protocol: str, negatives: int,
-                  exclude_history: bool, seed: int) -> dict:
-    from .data import load_dataset
-    from .eval import Protocol, evaluate
-    from .eval.baselines import make_baseline
-    from .eval.evaluate import protocol_record
-
-    try:
-        dataset = load_dataset(data)
-        declared = Protocol(protocol, exclude_history, negatives, seed)
-        models = {}
-        for name in names:
-            result = evaluate(make_baseline(name, dataset, seed), dataset, split, ks, declared)
-            models[name] = {"metrics": result.metrics, "ci95": result.ci95}
-    except (FileNotFoundError, ValueError) as exc:
-        fail(str(exc))
-    except KeyError as exc:
-        fail(exc.args[0])
-    return {"dataset": str(data), "protocol": protocol_record(declared, split, ks), "n_examples": result.n_examples,
-            "models": models}
-
-
-@app.command("demo")
-def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's artefacts.")] = Path("runs/demo"),
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic catalogue.")] = 0,
-) -> None:
-    """The main job on the embedded default: synthesise a catalogue, prepare it, evaluate the baselines."""
-    from .data.formats import PrepareOptions
-
-    raw, prepared = out / "raw", out / "data"
-    data_synth(out=raw, users=3000, items=1500, seed=seed)
-    prepare_and_save("csv", raw, prepared, PrepareOptions())
-    ks = (1, 5, 10, 20)
-    results = run_baselines(prepared, "test", ["popularity", "random", "markov"], ks, "full", 19, False, 0)
-    (out / "baselines.json").write_text(json.dumps(results, indent=2) + "\n")
-    console.print(metrics_table(f"baselines on {prepared} (test, full ranking, ± = 95% interval)",
-                                results["models"], ks))
-    console.print(f"results written to {out / 'baselines.json'}")
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

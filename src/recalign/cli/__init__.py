@@ -1,0 +1,23 @@
+"""The ``recalign`` command. Thin: it parses options and calls the packages, importing them lazily so that
+``recalign --help`` stays fast."""
+
+from __future__ import annotations
+
+import typer
+
+from .cf import cf_app
+from .data import data_app
+from .demo import demo
+from .evaluate import evaluate_command
+
+app = typer.Typer(help="recalign: LLM-based generative recommendation aligned with collaborative and semantic "
+                       "signals. Each sub-command is one stage of the pipeline; start with `recalign demo`.",
+                  no_args_is_help=True, add_completion=False)
+app.add_typer(data_app, name="data")
+app.add_typer(cf_app, name="cf")
+app.command("eval")(evaluate_command)
+app.command("demo")(demo)
+
+
+def main() -> None:
+    app()

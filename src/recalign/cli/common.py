@@ -1,0 +1,73 @@
+"""What the sub-commands share: error exit, K parsing, evaluation of several scorers, result tables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        fail(f"--k takes comma-separated integers, got {text!r}")
+    if any(k < 1 for k in ks):
+        fail("--k values must be at least 1")
+    return ks
+
+
+def evaluate_scorers(dataset, scorers: Mapping[str, object], split: str, ks: tuple[int, ...], protocol) -> dict:
+    """Every scorer on the same rows under the same declared protocol, as one JSON-ready record."""
+    from ..eval import evaluate
+    from ..eval.evaluate import protocol_record
+
+    models = {}
+    for name, scorer in scorers.items():
+        try:
+            result = evaluate(scorer, dataset, split, ks, protocol)
+        except ValueError as exc:
+            fail(str(exc))
+        except KeyError as exc:
+            fail(exc.args[0])
+        models[name] = {"metrics": result.metrics, "ci95": result.ci95}
+    return {"protocol": protocol_record(protocol, split, ks), "n_examples": result.n_examples, "models": models}
+
+
+def metrics_table(title: str, results: dict[str, dict], ks: tuple[int, ...]) -> Table:
+    """One row per metric and one column per model, so that models compare side by side."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for model in results:
+        table.add_column(model, justify="right")
+    for name in (f"{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in ks):
+        table.add_row(name, *(f"{r['metrics'][name]:.4f} ±{r['ci95'][name]:.4f}" for r in results.values()))
+    return table
+
+
+def load_dataset_or_fail(path):
+    from ..data import load_dataset
+
+    try:
+        return load_dataset(path)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+
+
+def make_protocol(kind: str, exclude_history: bool, negatives: int, seed: int):
+    from ..eval import Protocol
+
+    try:
+        return Protocol(kind, exclude_history, negatives, seed)
+    except ValueError as exc:
+        fail(str(exc))
