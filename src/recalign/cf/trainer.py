@@ -80,7 +80,7 @@ def validation_score(model: CFModel, dataset: Dataset) -> dict[str, float]:
 
 def train(model: CFModel, dataset: Dataset, config: TrainConfig, out: str | Path, resume: bool = False,
           progress: bool = True) -> TrainState:
-    """Fits ``model`` and leaves the best epoch's model in ``out`` (``save_pretrained``) with ``train_log.csv``."""
+    """Fits ``model``, leaving it (and ``out``, via ``save_pretrained``) at the best epoch's weights."""
     out = Path(out)
     model.attach_catalogue(dataset)
     torch.manual_seed(config.seed)
@@ -124,6 +124,8 @@ def train(model: CFModel, dataset: Dataset, config: TrainConfig, out: str | Path
             tqdm.write(f"epoch {state.epoch}: loss {total / len(batches):.4f}{shown} ({seconds:.1f}s)")
         save_checkpoint(out / CHECKPOINT, model, optimiser, generator, state)
         write_log(out / "train_log.csv", state.log)
+    model.load_state_dict(load_file(out / "model.safetensors"))  # hand back the best epoch, not the last
+    model.eval()
     return state
 
 

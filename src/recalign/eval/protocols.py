@@ -40,8 +40,9 @@ def full_ranking_ranks(scorer: Scorer, histories: Sequence[np.ndarray], targets:
     ranks = np.empty(len(targets), dtype=np.float64)
     for start in range(0, len(targets), batch_size):
         batch = histories[start:start + batch_size]
-        scores = np.array(scorer.score(batch), dtype=np.float64, copy=True)
+        scores = np.asarray(scorer.score(batch))
         if exclude_history:
+            scores = scores.copy()  # scorers may hand out shared or read-only arrays
             mask_histories(scores, batch)
         ranks[start:start + batch_size] = ranks_from_scores(scores, targets[start:start + batch_size])
     return ranks
@@ -76,7 +77,7 @@ def sampled_ranks(scorer: Scorer, histories: Sequence[np.ndarray], targets: np.n
     candidates = sample_candidates(histories, targets, n_items, n_negatives, seed)
     ranks = np.empty(len(targets), dtype=np.float64)
     for start in range(0, len(targets), batch_size):
-        scores = np.asarray(scorer.score(histories[start:start + batch_size]), dtype=np.float64)
+        scores = np.asarray(scorer.score(histories[start:start + batch_size]))
         chosen = np.take_along_axis(scores, candidates[start:start + batch_size], axis=1)
         ranks[start:start + batch_size] = ranks_from_scores(chosen, np.zeros(len(chosen), dtype=np.int64))
     return ranks
