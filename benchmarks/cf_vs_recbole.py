@@ -268,15 +268,22 @@ def prepare(args, name: str) -> tuple[Path, dict]:
                  "rows": {s: len(c["target"]) for s, c in splits.items()}}
 
 
+def model_overrides(values: dict, model: str) -> dict:
+    """``KEY=VALUE`` settings apply to every model, ``MODEL.KEY=VALUE`` ones to that model alone."""
+    return {**{k: v for k, v in values.items() if "." not in k},
+            **{k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(f"{model}.")}}
+
+
 def preflight(args) -> None:
     """Every requested model builds in recalign, and RecBole imports, before hours are spent."""
     code = ("import json, sys; from recalign.cf import build_model\n"
-            f"for m in sys.argv[2:]: build_model(m, 5, **{{'hidden': {HIDDEN}, 'max_len': {MAX_LEN}, "
-            "**json.loads(sys.argv[1])})")
-    result = subprocess.run([str(args.recalign_python), "-c", code, json.dumps(args.recalign_set), *args.models],
-                            cwd=REPO, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"recalign cannot build {args.models}:\n{result.stderr[-2000:]}")
+            f"build_model(sys.argv[1], 5, **{{'hidden': {HIDDEN}, 'max_len': {MAX_LEN}, **json.loads(sys.argv[2])}})")
+    for model in args.models:
+        result = subprocess.run([str(args.recalign_python), "-c", code, model,
+                                 json.dumps(model_overrides(args.recalign_set, model))],
+                                cwd=REPO, capture_output=True, text=True)
+        if result.returncode:
+            sys.exit(f"recalign cannot build {model}:\n{result.stderr[-2000:]}")
     if not Path(args.recbole_python).exists():
         sys.exit(f"no RecBole environment at {args.recbole_python}: run `bash benchmarks/recbole_env.sh` first")
     result = subprocess.run([str(args.recbole_python), "-c", "import recbole.quick_start"], capture_output=True,
@@ -300,6 +307,9 @@ def run_child(args, library: str, spec: dict, tag: str) -> dict | None:
         if saved.get("spec") == spec:
             print(f"  {tag}: reusing {result_path}", flush=True)
             return saved
+    if args.render_only:
+        print(f"  {tag}: not run (--render-only), left out of the tables", flush=True)
+        return None
     spec_path = args.work_dir / "specs" / f"{tag}.json"
     for folder in (spec_path.parent, result_path.parent):
         folder.mkdir(parents=True, exist_ok=True)
@@ -381,7 +391,7 @@ def render(args, command: str, info: dict, results: dict, started: str, elapsed:
     lines = [
         "# CF backbones: recalign vs RecBole",
         "",
-        f"Produced by `{command}` from the repository root (started {started}, {elapsed / 60:.0f} min in all), "
+        f"Produced by `{command}` from the repository root (written {started}; the runs took {elapsed / 60:.0f} min), "
         f"on {machine()}, meant to run with no other heavy job (1-minute load average {load[0]:.1f} at the start, "
         f"{load[1]:.1f} at the end; the benchmark's own child accounts for about {args.threads}). "
         "Every run is its own child process, one at a time, "
@@ -550,10 +560,13 @@ def parse_args(argv=None):
     parser.add_argument("--recalign-python", type=Path, default=DEFAULT_RECALIGN_PYTHON)
     parser.add_argument("--recbole-python", type=Path, default=DEFAULT_RECBOLE_PYTHON)
     parser.add_argument("--recalign-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a recalign model setting over its default, e.g. positions=last (repeatable)")
+                        help="a recalign model setting over its default, e.g. positions=last, or sasrec.positions=last "
+                             "for one model (repeatable)")
     parser.add_argument("--recbole-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a RecBole config setting over its default, e.g. n_heads=1 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="reuse finished runs with the same settings")
+    parser.add_argument("--render-only", action="store_true",
+                        help="with --resume: write the document from finished runs, starting none")
     parser.add_argument("--child", choices=LIBRARIES, help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -584,7 +597,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = shlex.join([".venv/bin/python", "benchmarks/cf_vs_recbole.py", *argv])
     args.work_dir, args.out = args.work_dir.resolve(), args.out.resolve()
-    started, tick = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.perf_counter()
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_start = os.getloadavg()[0]
     preflight(args)
     results: dict[tuple[str, str, str], list[dict]] = {}
@@ -602,15 +615,16 @@ def main(argv=None) -> int:
                             "recbole_data": str(args.work_dir / "recbole" / variant / dataset),
                             "run_dir": str(args.work_dir / "runs" / tag),
                             "content_hash": info[dataset]["content_hash"],
-                            "overrides": getattr(args, f"{library}_set")}
+                            "overrides": model_overrides(getattr(args, f"{library}_set"), model)}
                     result = run_child(args, library, spec, tag)
                     if result is None:
-                        failed += 1
+                        failed += not args.render_only
                     else:
                         results.setdefault((dataset, model, library), []).append(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     load = (load_start, os.getloadavg()[0])
-    args.out.write_text(render(args, command, info, results, started, time.perf_counter() - tick, load))
+    run_seconds = sum(r.get("child_wall_seconds", 0.0) for runs in results.values() for r in runs)
+    args.out.write_text(render(args, command, info, results, started, run_seconds, load))
     print(f"wrote {args.out}" + (f"; {failed} runs FAILED" if failed else ""), flush=True)
     return 1 if failed else 0
 
