@@ -59,26 +59,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def per_row(ranks: list[float], k: int) -> tuple[list[float], list[float]]:
-    """Per-example HR@k and NDCG@k from 0-based ranks (inf: not ranked), as recalign.eval.metrics defines them."""
-    hr = [1.0 if r < k else 0.0 for r in ranks]
-    ndcg = [1.0 / math.log2(r + 2) if r < k else 0.0 for r in ranks]
-    return hr, ndcg
-
-
-def metrics_from_ranks(ranks: list[float], ks=KS) -> dict[str, float]:
-    out = {}
-    for k in ks:
-        hr, ndcg = per_row(ranks, k)
-        out[f"HR@{k}"], out[f"NDCG@{k}"] = sum(hr) / len(hr), sum(ndcg) / len(ndcg)
-    return out
-
-
-def ci95(values: list[float]) -> float:
-    n = len(values)
-    return 1.959963984540054 * statistics.stdev(values) / math.sqrt(n) if n > 1 else float("nan")
-
-
 def encode_ranks(ranks) -> list[int]:
     return [-1 if math.isinf(r) else int(r) for r in ranks]
 
@@ -233,8 +213,7 @@ def child_recbole(spec: dict) -> dict:
         "epochs_run": len(epoch_seconds), "best_epoch": best_epoch, "epoch_seconds": epoch_seconds,
         "valid_ndcg10": valid_scores, "train_wall_seconds": wall_train,
         "test_own": {k.replace("hit", "HR").replace("ndcg", "NDCG"): float(v) for k, v in own.items()},
-        "test": metrics_from_ranks(ranks), "test_ranks": encode_ranks(ranks),
-        "test_masked": metrics_from_ranks(masked_ranks), "test_masked_ranks": encode_ranks(masked_ranks),
+        "test_ranks": encode_ranks(ranks), "test_masked_ranks": encode_ranks(masked_ranks),
         "score_seconds_per_1000": predict_seconds / users * 1000, "score_users": users,
         "n_items": int(dataset.item_num) - 1,
         "rss_after_imports_mb": rss_imports, "peak_rss_mb": peak_rss_mb(), "np": np.__version__,
@@ -300,13 +279,23 @@ def child_env(args) -> dict:
     return env
 
 
+def rank_metrics(result: dict) -> dict:
+    """Pessimistic-rank metrics of a run, computed here (recalign's venv) with recalign.eval.metrics: the RecBole
+    child cannot import recalign (its venv has no pyarrow), so it hands back ranks only."""
+    import numpy as np
+
+    from recalign.eval.metrics import ranking_metrics
+
+    return {key: ranking_metrics(np.array(decode_ranks(result[f"{key}_ranks"])), KS) for key in ("test", "test_masked")}
+
+
 def run_child(args, library: str, spec: dict, tag: str) -> dict | None:
     result_path = args.work_dir / "results" / f"{tag}.json"
     if args.resume and result_path.exists():
         saved = json.loads(result_path.read_text())
         if saved.get("spec") == spec:
             print(f"  {tag}: reusing {result_path}", flush=True)
-            return saved
+            return {**saved, **rank_metrics(saved)}
     if args.render_only:
         print(f"  {tag}: not run (--render-only), left out of the tables", flush=True)
         return None
@@ -330,7 +319,7 @@ def run_child(args, library: str, spec: dict, tag: str) -> dict | None:
         print(f"  {tag}: FAILED (exit {code}) after {wall:.0f}s, see {log_path}", flush=True)
         return None
     result = json.loads(result_path.read_text())
-    result.update(spec=spec, child_wall_seconds=wall)
+    result.update(spec=spec, child_wall_seconds=wall, **rank_metrics(result))
     result_path.write_text(json.dumps(result))
     print(f"  {tag}: NDCG@10 {result['test']['NDCG@10']:.4f}, {statistics.mean(result['epoch_seconds']):.2f} s/epoch "
           f"x {result['epochs_run']} epochs, peak RSS {result['peak_rss_mb']:.0f} MB, {wall:.0f}s in all", flush=True)
@@ -353,12 +342,15 @@ def fmt(values: list[float], digits: int = 4) -> str:
 
 def paired_difference(a: list[dict], b: list[dict], key: str = "test_ranks") -> tuple[float, float]:
     """recalign minus RecBole NDCG@10 on the same test rows (per-row mean over seeds), with its 95% half-width."""
-    def row_means(results):
-        rows = [per_row(decode_ranks(r[key]), 10)[1] for r in results]
-        return [sum(column) / len(column) for column in zip(*rows)]
+    import numpy as np
 
-    diff = [x - y for x, y in zip(row_means(a), row_means(b))]
-    return statistics.mean(diff), ci95(diff)
+    from recalign.eval.metrics import Z_95, per_example
+
+    def row_means(results):
+        return np.mean([per_example(np.array(decode_ranks(r[key])), 10)["NDCG@10"] for r in results], axis=0)
+
+    diff = row_means(a) - row_means(b)
+    return float(diff.mean()), float(Z_95 * diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 def machine() -> str:
@@ -376,6 +368,10 @@ def machine() -> str:
 def render(args, command: str, info: dict, results: dict, started: str, elapsed: float,
            load: tuple[float, float]) -> str:
     """docs/benchmarks/cf.md from the per-run results: results[(dataset, model, library)] = [run per seed]."""
+    import numpy as np
+
+    from recalign.eval.metrics import confidence_95
+
     any_run = {lib: next((r for runs in results.values() for r in runs if r["library"] == lib), None)
                for lib in LIBRARIES}
     versions = ", ".join(f"{lib}: torch {run['torch']}" + (f", RecBole {run['recbole']}" if lib == "recbole" else "")
@@ -447,7 +443,8 @@ def render(args, command: str, info: dict, results: dict, started: str, elapsed:
                     lines.append(f"| {model} | {library} | failed or not run | | | | | | | |")
                     continue
                 main = "test_own" if library == "recbole" else "test"
-                ci = statistics.mean(ci95(per_row(decode_ranks(r["test_ranks"]), 10)[1]) for r in runs)
+                ci = statistics.mean(confidence_95(np.array(decode_ranks(r["test_ranks"])), (10,))["NDCG@10"]
+                                     for r in runs)
                 epochs = ", ".join(f"{r['epochs_run']} ({r['best_epoch']})" for r in runs)
                 lines.append(
                     f"| {model} | {library} | {fmt([r[main]['HR@10'] for r in runs])} "

@@ -36,6 +36,10 @@ def test_eval_table_and_sampled_protocol(tmp_path):
     result = runner.invoke(app, ["eval", "--data", str(data), "--protocol", "sampled", "--negatives", "2"])
     assert result.exit_code == 0, result.output
     assert "NDCG@10" in result.output and "markov" in result.output
+    sampled = runner.invoke(app, ["eval", "--data", str(data), "--protocol", "sampled", "--negatives", "2", "--k",
+                                  "1,3", "--json"])
+    metrics = json.loads(sampled.output)["models"]["markov"]["metrics"]
+    assert metrics["HR@1"] == 1.0 and metrics["HR@3"] == 1.0  # the cycle makes the next item certain
 
 
 def test_bad_arguments_fail_with_a_message(tmp_path):

@@ -23,7 +23,7 @@ def demo(
     from ..eval.baselines import make_baseline
 
     raw, prepared = out / "raw", out / "data"
-    data_synth(out=raw, users=3000, items=1500, seed=seed)
+    data_synth(out=raw, seed=seed)
     prepare_and_save("csv", raw, prepared, PrepareOptions())
     dataset, sasrec = train_cf(prepared, "sasrec", out / "sasrec",
                                train_options=dict(epochs=epochs, patience=3, seed=seed))
