@@ -1,0 +1,147 @@
+"""Constrained beam search over an item index: every finished beam is a catalogue item.
+
+The search reproduces the selection rule of transformers' beam search (``generate(num_beams=K)`` with
+``length_penalty``, ``early_stopping=False``) with the trie as the constraint, so its rankings can be checked
+against ``generate`` + ``prefix_allowed_tokens_fn``. Scores are sums of log-probabilities over the *whole*
+vocabulary (not renormalised over the allowed tokens), divided by (generated length, EOS included) ** length_penalty.
+
+Where it differs is cost: the prompt is prefilled once per user (not once per beam); each beam carries its trie
+node, so the allowed tokens are a gather of the node's children (no per-beam Python); users whose search has
+ended leave the batch at once; a beam needs no token history, since its node names its prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..index import ItemIndex
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class BeamConfig:
+    num_beams: int = 10
+    length_penalty: float = 1.0
+    batch_size: int = 8  # users per forward pass (each with num_beams rows after the prompt)
+
+
+@dataclass
+class Ranked:
+    """One user's finished identifiers, best first: trie leaves and their length-normalised scores."""
+
+    leaves: list[int]
+    scores: list[float]
+
+    def items(self, index: ItemIndex, k: int | None = None) -> list[int]:
+        """Distinct item ids in rank order; items sharing an identifier follow each other in id order."""
+        ranked = [item for leaf in self.leaves for item in index.leaf_items(leaf).tolist()]
+        return ranked[:k] if k is not None else ranked
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def beam_search(model, prompts: list[list[int]], index: ItemIndex, config: BeamConfig | None = None,
+                pad_id: int = 0) -> list[Ranked]:
+    """The top ``num_beams`` identifiers for each prompt (fewer if the catalogue has fewer)."""
+    config = config or BeamConfig()
+    results: list[Ranked] = []
+    for start in range(0, len(prompts), config.batch_size):
+        results += _search_batch(model, prompts[start:start + config.batch_size], index, config, pad_id)
+    return results
+
+
+def _search_batch(model, prompts: list[list[int]], index: ItemIndex, config: BeamConfig,
+                  pad_id: int) -> list[Ranked]:
+    k, lp = config.num_beams, config.length_penalty
+    n_users = len(prompts)
+    ids, prompt_mask = left_pad(prompts, pad_id)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids.to(model.device), attention_mask=prompt_mask.to(model.device),
+                position_ids=positions.to(model.device), use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu().repeat_interleave(k, 0)
+    cache.batch_repeat_interleave(k)
+    prompt_mask = prompt_mask.repeat_interleave(k, 0)
+    next_position = prompt_mask.sum(-1)
+
+    users = torch.arange(n_users)  # which original users are still searching
+    run_score = torch.full((n_users, k), NEG_INF)
+    run_score[:, 0] = 0.0  # all beams start at the root; only the first is live, as in transformers
+    run_node = torch.zeros((n_users, k), dtype=torch.long)
+    fin_score = torch.full((n_users, k), NEG_INF)
+    fin_leaf = torch.full((n_users, k), -1, dtype=torch.long)
+    final_score, final_leaf = fin_score.clone(), fin_leaf.clone()
+
+    for step in range(index.max_depth):
+        b = len(users)
+        tokens, children, valid = index.children(run_node.view(-1))
+        width = tokens.shape[1]
+        cand = run_score.view(-1, 1) + log_probs.gather(1, tokens)
+        cand = cand.masked_fill(~valid, NEG_INF).view(b, k * width)
+        n_top = min(2 * k, k * width)
+        top_score, top_flat = torch.topk(cand, n_top, dim=1)
+        top_beam = top_flat // width
+        top_token = tokens.view(b, k * width).gather(1, top_flat)
+        top_node = children.view(b, k * width).gather(1, top_flat)
+        finished = top_token == index.eos_id
+
+        # running beams: the best k candidates that did not just emit EOS
+        keep_score, keep = torch.topk(top_score.masked_fill(finished, NEG_INF), min(k, n_top), dim=1)
+        run_score = _pad_to(keep_score, k, NEG_INF)
+        run_node = _pad_to(top_node.gather(1, keep), k, 0)
+        parent = _pad_to(top_beam.gather(1, keep), k, 0)
+        new_token = _pad_to(top_token.gather(1, keep), k, pad_id)
+
+        # finished beams: EOS among the top k candidates enters the list of k best (length-normalised)
+        eligible = finished & (torch.arange(n_top) < k)
+        new_fin = (top_score / (step + 1) ** lp).masked_fill(~eligible, NEG_INF)
+        merged_score, pick = torch.topk(torch.cat([fin_score, new_fin], 1), k, dim=1)
+        fin_leaf = torch.cat([fin_leaf, top_node], 1).gather(1, pick)
+        fin_score = merged_score
+
+        # transformers' stopping heuristic (early_stopping=False): stop once every slot holds a finished beam and
+        # the best running beam, normalised at the current length, cannot beat the worst of them
+        best_running = run_score[:, 0] / (step + 1) ** lp
+        all_full = torch.isfinite(fin_score).all(1)
+        going = torch.where(all_full, best_running > fin_score.min(1).values, torch.isfinite(best_running))
+        done = ~going
+        final_score[users[done]] = fin_score[done]
+        final_leaf[users[done]] = fin_leaf[done]
+        if going.sum() == 0 or step + 1 == index.max_depth:
+            final_score[users[going]] = fin_score[going]
+            final_leaf[users[going]] = fin_leaf[going]
+            break
+
+        rows = (torch.nonzero(going).squeeze(-1) * k).unsqueeze(-1) + parent[going]  # beam rows that continue
+        cache.reorder_cache(rows.view(-1).to(model.device))  # index_select: reorders and drops ended users
+        users, run_score, run_node = users[going], run_score[going], run_node[going]
+        fin_score, fin_leaf = fin_score[going], fin_leaf[going]
+        new_token, next_position = new_token[going].view(-1), next_position[rows.view(-1)]
+        prompt_mask = prompt_mask[rows.view(-1)]
+        mask = torch.cat([prompt_mask, torch.ones((len(new_token), step + 1), dtype=torch.long)], 1)
+        out = model(input_ids=new_token.unsqueeze(-1).to(model.device), attention_mask=mask.to(model.device),
+                    position_ids=next_position.unsqueeze(-1).to(model.device), past_key_values=cache,
+                    use_cache=True)
+        log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
+        next_position = next_position + 1
+
+    return [Ranked(leaves=final_leaf[u][torch.isfinite(final_score[u])].tolist(),
+                   scores=final_score[u][torch.isfinite(final_score[u])].tolist()) for u in range(n_users)]
+
+
+def _pad_to(values: torch.Tensor, width: int, fill) -> torch.Tensor:
+    if values.shape[1] == width:
+        return values
+    return torch.cat([values, torch.full((values.shape[0], width - values.shape[1]), fill, dtype=values.dtype)], 1)

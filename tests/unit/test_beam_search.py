@@ -1,0 +1,128 @@
+"""Constrained beam search against two oracles: exhaustive scoring of every item, and transformers' own beam
+search constrained by ``prefix_allowed_tokens_fn`` over the same trie."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from recalign.decode import BeamConfig, beam_search
+from recalign.index import ItemIndex
+
+EOS, PAD, VOCAB = 2, 0, 48
+
+
+def peaked_llama(seed: int):
+    """A tiny random Llama whose next-token distributions are far from uniform, so rankings have clear gaps."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+    return model
+
+
+def catalogue(seed: int, n_items: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    items: list[list[int]] = []
+    while len(items) < n_items:
+        seq = [rng.randrange(3, VOCAB) for _ in range(rng.randint(1, 4))]
+        if rng.random() < 0.2 and items:
+            seq = items[-1][:max(1, len(items[-1]) - 1)] + seq[:1]  # long shared prefixes
+        items.append(seq)
+    return items
+
+
+def prompts(seed: int, n: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[1] + [rng.randrange(3, VOCAB) for _ in range(rng.randint(3, 9))] for _ in range(n)]
+
+
+def exhaustive(model, prompt: list[int], index: ItemIndex, length_penalty: float) -> list[tuple[int, float]]:
+    """Every distinct identifier scored by a full forward pass: sum of full-vocabulary log-probs / length**lp."""
+    leaves = sorted(set(index.item_leaf.tolist()))
+    scored = []
+    for leaf in leaves:
+        tokens = index.tokens(index.leaf_items(leaf)[0].item())
+        ids = torch.tensor([prompt + tokens])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+        steps = logp[len(prompt) - 1:-1].gather(1, torch.tensor(tokens).unsqueeze(-1)).sum().item()
+        scored.append((leaf, steps / len(tokens) ** length_penalty))
+    return sorted(scored, key=lambda pair: -pair[1])
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0])
+def test_wide_beam_equals_exhaustive_scoring(length_penalty):
+    model = peaked_llama(0)
+    items = catalogue(1, 24)
+    index = ItemIndex.from_sequences(items, EOS)
+    n_leaves = len(set(index.item_leaf.tolist()))
+    for beams in (n_leaves, n_leaves + 3):
+        batch = prompts(2, 5)
+        ranked = beam_search(model, batch, index, BeamConfig(num_beams=beams, length_penalty=length_penalty,
+                                                             batch_size=3), pad_id=PAD)
+        for prompt, result in zip(batch, ranked):
+            expected = exhaustive(model, prompt, index, length_penalty)
+            assert result.leaves == [leaf for leaf, _ in expected]
+            assert result.scores == pytest.approx([score for _, score in expected], abs=1e-4)
+            got_items = result.items(index)
+            assert sorted(got_items) == list(range(len(items)))  # every item, each once, all real
+
+
+def hf_constrained(model, batch: list[list[int]], index: ItemIndex, beams: int) -> list[list[tuple[int, float]]]:
+    from recalign.decode.beam import left_pad
+
+    ids, mask = left_pad(batch, PAD)
+
+    def allowed(_, generated: torch.Tensor) -> list[int]:
+        tokens = index.allowed_tokens(generated[ids.shape[1]:].tolist())
+        return tokens or [EOS]
+
+    out = model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, num_return_sequences=beams,
+                         do_sample=False, max_new_tokens=index.max_depth, prefix_allowed_tokens_fn=allowed,
+                         pad_token_id=PAD, eos_token_id=EOS, length_penalty=1.0, early_stopping=False,
+                         output_scores=True, return_dict_in_generate=True)
+    results = []
+    for user in range(len(batch)):
+        rows = []
+        for r in range(beams):
+            seq = out.sequences[user * beams + r, ids.shape[1]:].tolist()
+            score = out.sequences_scores[user * beams + r].item()
+            if EOS not in seq or score < -1e6:  # transformers' filler for slots no real beam reached
+                continue
+            leaf = index.walk(seq[:seq.index(EOS) + 1])
+            rows.append((leaf, score))
+        results.append(rows)
+    return results
+
+
+def test_agrees_with_transformers_generate_with_prefix_allowed_tokens():
+    model = peaked_llama(3)
+    items = catalogue(4, 300)
+    index = ItemIndex.from_sequences(items, EOS)
+    batch = prompts(5, 6)
+    for beams in (4, 10):
+        ours = beam_search(model, batch, index, BeamConfig(num_beams=beams, batch_size=4), pad_id=PAD)
+        theirs = hf_constrained(model, batch, index, beams)
+        for mine, reference in zip(ours, theirs):
+            assert mine.leaves == [leaf for leaf, _ in reference]
+            assert mine.scores == pytest.approx([score for _, score in reference], abs=1e-4)
+            assert all(index.is_leaf(torch.tensor(mine.leaves)))
+
+
+def test_results_do_not_depend_on_batching():
+    model = peaked_llama(6)
+    index = ItemIndex.from_sequences(catalogue(7, 120), EOS)
+    batch = prompts(8, 7)
+    alone = [beam_search(model, [p], index, BeamConfig(num_beams=5), pad_id=PAD)[0] for p in batch]
+    together = beam_search(model, batch, index, BeamConfig(num_beams=5, batch_size=7), pad_id=PAD)
+    for a, b in zip(alone, together):
+        assert a.leaves == b.leaves
+        assert a.scores == pytest.approx(b.scores, abs=1e-4)
