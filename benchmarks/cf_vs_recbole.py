@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -39,6 +38,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from common import machine
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "amazon18"
@@ -295,7 +296,7 @@ def run_child(args, library: str, spec: dict, tag: str) -> dict | None:
         saved = json.loads(result_path.read_text())
         if saved.get("spec") == spec:
             print(f"  {tag}: reusing {result_path}", flush=True)
-            return {**saved, **rank_metrics(saved)}
+            return {**saved, **rank_metrics(saved), "reused": True}
     if args.render_only:
         print(f"  {tag}: not run (--render-only), left out of the tables", flush=True)
         return None
@@ -353,16 +354,14 @@ def paired_difference(a: list[dict], b: list[dict], key: str = "test_ranks") -> 
     return float(diff.mean()), float(Z_95 * diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+def reuse_note(results: dict) -> str:
+    runs = [r for rs in results.values() for r in rs]
+    reused = sum(bool(r.get("reused")) for r in runs)
+    if not reused:
+        return ""
+    return (f" With `--resume`, {reused} of the {len(runs)} runs were reused from an earlier invocation of the same "
+            "command with identical settings (their times were measured then, on the same machine, one run at a time); "
+            f"this invocation ran the other {len(runs) - reused}.")
 
 
 def render(args, command: str, info: dict, results: dict, started: str, elapsed: float,
@@ -393,7 +392,7 @@ def render(args, command: str, info: dict, results: dict, started: str, elapsed:
         "Every run is its own child process, one at a time, "
         f"each with `torch.set_num_threads({args.threads})` and OMP/MKL threads {args.threads}. Versions: "
         f"{versions}. RecBole runs in `benchmarks/.recbole-venv` (`bash benchmarks/recbole_env.sh`), never in "
-        "recalign's environment.",
+        "recalign's environment." + reuse_note(results),
         "",
         "## Setting",
         "",

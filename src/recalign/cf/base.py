@@ -10,7 +10,6 @@ model is never silently used with another catalogue: ``from_pretrained(dir, data
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..data import Dataset
+from ..data import CatalogueMismatch, Dataset, catalogue_fingerprint, check_same_catalogue
 
 PAD = 0
 LOSSES = ("ce", "bce", "bpr", "cloze")
@@ -32,10 +31,6 @@ POSITIONS = ("all", "last")
 # model type -> (module in this package, class name)
 MODELS = {"sasrec": ("sasrec", "SASRec"), "gru4rec": ("gru4rec", "GRU4Rec"), "bert4rec": ("bert4rec", "BERT4Rec"),
           "nextitnet": ("nextitnet", "NextItNet"), "mf": ("ncf", "MF"), "ncf": ("ncf", "NCF")}
-
-
-class CatalogueMismatch(ValueError):
-    """A model was asked to score a catalogue other than the one it was trained on."""
 
 
 @dataclass
@@ -51,10 +46,6 @@ class CFConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES or self.positions not in POSITIONS:
             raise ValueError(f"loss must be one of {LOSSES} and positions one of {POSITIONS}")
-
-
-def catalogue_fingerprint(raw_ids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(raw_ids).encode()).hexdigest()[:16]
 
 
 class CFModel(nn.Module):
@@ -141,20 +132,14 @@ class CFModel(nn.Module):
         return directory
 
     def attach_catalogue(self, dataset: Dataset) -> CFModel:
-        raw_ids = dataset.items.column("raw_id").to_pylist()
+        raw_ids = dataset.raw_ids
         if len(raw_ids) != self.n_items:
             raise CatalogueMismatch(f"the model has {self.n_items} items, the dataset {len(raw_ids)}")
         self.raw_ids = raw_ids
         return self
 
     def check_catalogue(self, dataset: Dataset) -> None:
-        raw_ids = dataset.items.column("raw_id").to_pylist()
-        if raw_ids != self.raw_ids:
-            raise CatalogueMismatch(
-                f"this model was trained on a catalogue of {self.n_items} items (fingerprint "
-                f"{catalogue_fingerprint(self.raw_ids)}), but the dataset has {len(raw_ids)} items (fingerprint "
-                f"{catalogue_fingerprint(raw_ids)}); item ids would not mean the same items. Train a model on this "
-                "dataset, or prepare the dataset from the same source.")
+        check_same_catalogue(self.raw_ids, dataset)
 
 
 def model_class(model_type: str) -> type[CFModel]:

@@ -9,12 +9,15 @@ from .cf import cf_app
 from .data import data_app
 from .demo import demo
 from .evaluate import evaluate_command
+from .llm import llm_app, recommend_command
 
 app = typer.Typer(help="recalign: LLM-based generative recommendation aligned with collaborative and semantic "
                        "signals. Each sub-command is one stage of the pipeline; start with `recalign demo`.",
                   no_args_is_help=True, add_completion=False)
 app.add_typer(data_app, name="data")
 app.add_typer(cf_app, name="cf")
+app.add_typer(llm_app, name="llm")
+app.command("recommend")(recommend_command)
 app.command("eval")(evaluate_command)
 app.command("demo")(demo)
 

@@ -85,6 +85,25 @@ def item_table(items: pd.DataFrame) -> pa.Table:
     return table
 
 
+class CatalogueMismatch(ValueError):
+    """A trained model was asked to work on a catalogue other than the one it was trained on."""
+
+
+def catalogue_fingerprint(raw_ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(raw_ids).encode()).hexdigest()[:16]
+
+
+def check_same_catalogue(trained_raw_ids: list[str], dataset: Dataset, what: str = "model") -> None:
+    """Refuses a dataset whose item ids would mean other items than those ``what`` was trained with."""
+    raw_ids = dataset.raw_ids
+    if raw_ids != trained_raw_ids:
+        raise CatalogueMismatch(
+            f"this {what} was trained on a catalogue of {len(trained_raw_ids)} items (fingerprint "
+            f"{catalogue_fingerprint(trained_raw_ids)}), but the dataset has {len(raw_ids)} items (fingerprint "
+            f"{catalogue_fingerprint(raw_ids)}); item ids would not mean the same items. Train a {what} on this "
+            "dataset, or prepare the dataset from the same source.")
+
+
 @dataclass
 class Dataset:
     """A prepared dataset. ``examples`` maps each split to a table; ``interactions`` may be ``None``."""
@@ -97,6 +116,10 @@ class Dataset:
     @property
     def n_items(self) -> int:
         return self.items.num_rows
+
+    @property
+    def raw_ids(self) -> list[str]:
+        return self.items.column("raw_id").to_pylist()
 
     @property
     def titles(self) -> list[str]:

@@ -125,7 +125,7 @@ def _search_batch(model, prompts: list[list[int]], index: ItemIndex, config: Bea
             break
 
         rows = (torch.nonzero(going).squeeze(-1) * k).unsqueeze(-1) + parent[going]  # beam rows that continue
-        cache.reorder_cache(rows.view(-1).to(model.device))  # index_select: reorders and drops ended users
+        _reorder(cache, rows.view(-1).to(model.device), shared=ids.shape[1] if bool(going.all()) else 0)
         users, run_score, run_node = users[going], run_score[going], run_node[going]
         fin_score, fin_leaf = fin_score[going], fin_leaf[going]
         new_token, next_position = new_token[going].view(-1), next_position[rows.view(-1)]
@@ -139,6 +139,18 @@ def _search_batch(model, prompts: list[list[int]], index: ItemIndex, config: Bea
 
     return [Ranked(leaves=final_leaf[u][torch.isfinite(final_score[u])].tolist(),
                    scores=final_score[u][torch.isfinite(final_score[u])].tolist()) for u in range(n_users)]
+
+
+def _reorder(cache, rows: torch.Tensor, shared: int) -> None:
+    """Moves each beam's cache row to where its continuation sits. The first ``shared`` positions (the prompt)
+    are equal for all beams of a user, so while no user leaves the batch only the generated part is copied."""
+    layers = getattr(cache, "layers", [])
+    if shared == 0 or not layers or not all(hasattr(layer, "keys") and layer.keys.dim() == 4 for layer in layers):
+        cache.reorder_cache(rows)  # also drops the rows of users whose search has ended
+        return
+    for layer in layers:
+        layer.keys[:, :, shared:] = layer.keys[:, :, shared:].index_select(0, rows)
+        layer.values[:, :, shared:] = layer.values[:, :, shared:].index_select(0, rows)
 
 
 def _pad_to(values: torch.Tensor, width: int, fill) -> torch.Tensor:

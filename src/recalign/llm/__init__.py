@@ -1,0 +1,1 @@
+"""LLM recommender: backbones, prompts, the SFT loop and the saved recommender."""

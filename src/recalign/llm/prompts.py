@@ -1,0 +1,140 @@
+"""Prompt templates: a user's history (item titles, oldest first) rendered into text and token ids.
+
+The generated identifier (the target title's tokens, then EOS) always follows the ids of ``encode_prompt``
+directly; the item index tokenizes titles with ``add_special_tokens=False``, so a prompt's ids plus a title's ids
+are exactly what the model reads in training and continues at inference.
+
+Token layout of the plain (TCA4Rec) template, as in TCA4Rec §1.3: the prompt tokenized with the tokenizer's own
+special tokens, then one separator token, the tokenizer's BOS (Llama-3: <|begin_of_text|>, Qwen: none, hence
+"<|im_start|>"). What SmolLM2-135M-Instruct's tokenizer (loaded from its GGUF file) does:
+- ``add_special_tokens=True`` adds nothing, neither BOS nor EOS (Qwen-like, unlike Llama-3);
+- bos = "<|im_start|>" (id 1), eos = "<|im_end|>" (id 2), pad = "<|im_end|>" (id 2, the same as EOS, so padding
+  must be masked by the attention mask, never by comparing ids to pad), unk = "<|endoftext|>" (id 0);
+- so its ids are ``prompt tokens + [1]``: the separator is "<|im_start|>", the same token TCA4Rec uses for Qwen;
+- its chat template is ChatML with a default system message ("You are a helpful AI assistant named SmolLM, ...")
+  when none is given; the generation prompt is "<|im_start|>assistant\\n", and an assistant turn ends with
+  "<|im_end|>", its EOS, which makes the chat layout's target (title + EOS) a natural assistant answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SEPARATORS = ("bos", "none")
+QWEN_SEPARATOR = "<|im_start|>"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """Three text blocks joined by blank lines: ``instruction`` (may use ``{domain}``), ``input_line`` (must use
+    ``{history}``) and ``response``. Each title is written as ``item_format`` (with ``{title}``) and the titles are
+    joined with ``joiner``. ``chat`` sends the text as one user message through the tokenizer's chat template;
+    ``separator`` ("bos" or "none") is the token appended after the prompt's ids."""
+
+    name: str
+    instruction: str
+    input_line: str
+    response: str
+    item_format: str = '"{title}"'
+    joiner: str = ", "
+    chat: bool = False
+    separator: str = "bos"
+
+    def __post_init__(self) -> None:
+        if self.separator not in SEPARATORS:
+            raise ValueError(f"separator must be one of {', '.join(SEPARATORS)}, not {self.separator!r}")
+        if "{history}" not in self.input_line:
+            raise ValueError(f"template {self.name!r}: input_line has no {{history}} placeholder")
+
+    def text(self, history_titles: list[str], domain: str = "items") -> str:
+        """The prompt text (for a chat template: the user message); placeholders are replaced literally, so titles
+        holding braces are safe."""
+        history = self.joiner.join(self.item_format.replace("{title}", title) for title in history_titles)
+        blocks = (self.instruction.replace("{domain}", domain), self.input_line.replace("{history}", history),
+                  self.response)
+        # TCA4Rec strips the whole string after substitution (§1.2)
+        return "\n\n".join(blocks).strip()
+
+
+# TCA4Rec's get_prompt, word for word: "recommendate" and the leftover movie sentence are the authors' and are kept
+# for parity with their numbers.
+TCA4REC = PromptTemplate(
+    name="tca4rec",
+    instruction="###Instruction:\nGiven the user interaction history, please recommendate the {domain} that user is "
+                "most likely to view.",
+    input_line="###Input:\nUser Interaction Histories: {history}.",
+    response="Then the movie that user is most likely to watch is:\n###Response:",
+)
+
+CHAT = PromptTemplate(
+    name="chat",
+    instruction="Given the user interaction history, please recommend the {domain} that user is most likely to view.",
+    input_line="User Interaction Histories: {history}.",
+    response="Answer with the title only.",
+    chat=True,
+    separator="none",
+)
+
+TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (TCA4REC, CHAT)}
+
+
+def get_template(name: str) -> PromptTemplate:
+    """A built-in template by name, or one read from a JSON file holding ``PromptTemplate``'s fields."""
+    if name in TEMPLATES:
+        return TEMPLATES[name]
+    path = Path(name)
+    if path.suffix == ".json" and path.is_file():
+        fields = json.loads(path.read_text())
+        try:
+            return PromptTemplate(**{"name": path.stem, **fields})
+        except TypeError as exc:
+            raise ValueError(f"{path}: not a prompt template ({exc})") from None
+    raise KeyError(f"unknown prompt template {name!r}: expected one of {', '.join(sorted(TEMPLATES))} or a .json "
+                   "file with the fields of PromptTemplate")
+
+
+def _recent(history_titles: list[str], max_history: int | None) -> list[str]:
+    if max_history is None:
+        return list(history_titles)
+    if max_history < 0:
+        raise ValueError(f"max_history must be >= 0, not {max_history}")
+    # history[-0:] would be the whole list, hence the explicit zero
+    return list(history_titles[-max_history:]) if max_history else []
+
+
+def render_prompt(tokenizer: Any, template: PromptTemplate, history_titles: list[str], domain: str = "items",
+                  max_history: int | None = None) -> str:
+    """The prompt as the model sees it (chat markup included, the separator token not), for display and logs."""
+    text = template.text(_recent(history_titles, max_history), domain)
+    if not template.chat:
+        return text
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def separator_id(tokenizer: Any) -> int | None:
+    """The BOS id; else "<|im_start|>" when the vocabulary has it (TCA4Rec's rule for Qwen); else None."""
+    if tokenizer.bos_token_id is not None:
+        return int(tokenizer.bos_token_id)
+    token_id = tokenizer.convert_tokens_to_ids(QWEN_SEPARATOR)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        return None
+    return int(token_id)
+
+
+def encode_prompt(tokenizer: Any, template: PromptTemplate, history_titles: list[str], domain: str = "items",
+                  max_history: int | None = None) -> list[int]:
+    """Token ids of the prompt, separator included; the target title's ids follow them directly.
+
+    ``max_history`` keeps the most recent titles (None: all of them)."""
+    text = render_prompt(tokenizer, template, history_titles, domain, max_history)
+    # The chat markup already holds its special tokens; adding the tokenizer's own would duplicate a BOS.
+    ids = list(tokenizer(text, add_special_tokens=not template.chat).input_ids)
+    if template.separator == "bos":
+        sep = separator_id(tokenizer)
+        if sep is not None:
+            ids.append(sep)
+    return ids

@@ -1,0 +1,399 @@
+"""Supervised fine-tuning of the LLM recommender: the prompt in, the target item's identifier (plus EOS) out.
+
+The loop is plain accelerate, so ``accelerate launch`` runs it unchanged on one process, DDP, FSDP or DeepSpeed:
+
+- **The LM head runs only at label positions.** ``LabelPositionLM`` runs the decoder, gathers the hidden states
+  whose *next* token is a trained label and projects only those onto the vocabulary: an (n_labels, vocab) float32
+  tensor instead of batch x length x vocab. Loss hooks (TCA4Rec's soft labels, ``LossHook``) get these logits and a
+  ``LabelBatch`` describing every label, and return one loss per label.
+- **Global token-level mean.** A step's loss is the sum of its label losses over the whole global batch (every
+  process, every accumulation micro-batch) divided by its label count. The count is known before the step: every
+  process derives the epoch's order from the same seed, so it adds up the label counts of the step's rows. Each
+  micro-batch's backward gets ``sum(its label losses) * accumulation * processes / step label count``: accelerate
+  divides by the accumulation steps and DDP (FSDP, DeepSpeed alike) averages over processes, which leaves exactly
+  the gradient of the global mean. One process or two, any micro-batch size: the same steps.
+- **Data order.** Each epoch is a ``torch.randperm`` seeded with ``seed + epoch``; its last step is topped up
+  with rows from the start of that order, so every step has ``batch_size`` rows. Rows are cut into global
+  micro-batches of ``micro_batch_size * processes`` and split between processes (``split_batches``).
+- **Checkpoints.** ``accelerator.save_state`` (the trainable weights only: with LoRA, megabytes rather than the
+  whole LLM; optimiser, schedule, every process's RNG) plus ``progress.json``, written to a temporary folder and
+  swapped in, so an interruption never leaves half a checkpoint. ``resume=True`` reloads it and skips the steps
+  of the epoch already done: the run ends with the same weights and log as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DataLoaderConfiguration, skip_first_batches
+from accelerate.utils import set_seed
+from safetensors import safe_open
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .backbones import unwrap_causal_lm
+
+CHECKPOINT = "checkpoint"
+PROGRESS = "progress.json"
+LOG = "train_log.csv"
+LOG_COLUMNS = ("step", "epoch", "loss", "lr", "labels", "tokens", "seconds", "tokens_per_second")
+# A resumed run must see the same data order and schedule as the interrupted one.
+RESUME_KEYS = ("epochs", "batch_size", "seed", "warmup_steps", "lr")
+
+
+@dataclass
+class SFTExample:
+    prompt_ids: list[int]  # the prompt, ending where the identifier starts
+    target_ids: list[int]  # the target item's identifier tokens, EOS included
+    item: int = -1  # target item id (for loss hooks such as TCA4Rec's soft labels)
+    history: tuple[int, ...] = ()  # history item ids (for loss hooks that score with a CF model)
+    label_mask: list[bool] | None = None  # which target tokens are trained; None = all (identifier + EOS)
+
+    def label_count(self) -> int:
+        return len(self.target_ids) if self.label_mask is None else sum(map(bool, self.label_mask))
+
+
+@dataclass
+class LabelBatch:
+    """A right-padded micro-batch and its n trained labels (flattened over rows)."""
+
+    input_ids: torch.Tensor  # (batch, length): prompt + target, pad_id after
+    attention_mask: torch.Tensor  # (batch, length)
+    position_ids: torch.Tensor  # (batch, length): cumulative sum of the mask - 1
+    label_rows: torch.Tensor  # (n,) row of the position that predicts each label
+    label_cols: torch.Tensor  # (n,) column of that position: the label is input_ids[row, col + 1]
+    label_tokens: torch.Tensor  # (n,)
+    label_depth: torch.Tensor  # (n,) index of the label within its identifier, 0-based
+    label_example: torch.Tensor  # (n,) row in the micro-batch (equals label_rows; named for hooks' indexing)
+    items: torch.Tensor  # (batch,) target item ids
+    histories: list[tuple[int, ...]]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> LabelBatch:
+        """Lets accelerate's data loader place the batch like a tensor."""
+        moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **moved)
+
+
+LossHook = Callable[[torch.Tensor, LabelBatch], torch.Tensor]
+
+
+def cross_entropy_loss(logits: torch.Tensor, batch: LabelBatch) -> torch.Tensor:
+    """The default hook: per-label cross-entropy against the label tokens."""
+    return F.cross_entropy(logits, batch.label_tokens, reduction="none")
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = 1
+    batch_size: int = 16  # global rows per optimiser step (over all processes and accumulation steps)
+    micro_batch_size: int = 4  # rows per forward per process
+    lr: float = 2e-4
+    weight_decay: float = 0.01  # not on biases / norm weights
+    warmup_steps: int = 20  # linear warm-up then linear decay to 0 over the real number of optimiser steps
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    precision: str = "bf16"  # "bf16" (autocast via accelerate mixed_precision) or "fp32"
+    seed: int = 42
+    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = once per epoch
+    log_every: int = 10  # optimiser steps between console lines (the CSV gets every step)
+    max_steps: int | None = None  # stop (checkpointing first) after this many optimiser steps; the schedule still
+    # spans all epochs, so a run stopped here and resumed ends exactly like an uninterrupted one
+
+
+@dataclass
+class SFTResult:
+    log: list[dict]  # one row per optimiser step, resumed-over steps included (LOG_COLUMNS)
+    steps: int  # optimiser steps done in total
+    tokens_per_second: float  # of the steps this call ran
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # optimiser steps done in the current epoch
+    global_step: int = 0
+    log: list[dict] = field(default_factory=list)
+
+
+def collate(examples: Sequence[SFTExample], pad_id: int = 0) -> LabelBatch:
+    """Right-pads prompt + target and lists the positions whose next token is a trained target token."""
+    sequences = [list(e.prompt_ids) + list(e.target_ids) for e in examples]
+    input_ids = torch.full((len(examples), max(map(len, sequences))), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    rows, cols, tokens, depth = [], [], [], []
+    for row, (example, sequence) in enumerate(zip(examples, sequences)):
+        if not example.prompt_ids:
+            raise ValueError("an empty prompt leaves nothing to predict the first target token from")
+        mask = [True] * len(example.target_ids) if example.label_mask is None else example.label_mask
+        if len(mask) != len(example.target_ids):
+            raise ValueError(f"label_mask has {len(mask)} entries for {len(example.target_ids)} target tokens")
+        input_ids[row, :len(sequence)] = torch.tensor(sequence)
+        attention_mask[row, :len(sequence)] = 1
+        for d, (token, trained) in enumerate(zip(example.target_ids, mask)):
+            if trained:
+                rows.append(row)
+                cols.append(len(example.prompt_ids) + d - 1)
+                tokens.append(token)
+                depth.append(d)
+    label_rows = torch.tensor(rows, dtype=torch.long)
+    return LabelBatch(
+        input_ids=input_ids, attention_mask=attention_mask,
+        position_ids=(attention_mask.cumsum(1) - 1).clamp_min(0),
+        label_rows=label_rows, label_cols=torch.tensor(cols, dtype=torch.long),
+        label_tokens=torch.tensor(tokens, dtype=torch.long), label_depth=torch.tensor(depth, dtype=torch.long),
+        label_example=label_rows.clone(), items=torch.tensor([e.item for e in examples], dtype=torch.long),
+        histories=[tuple(e.history) for e in examples])
+
+
+class LabelPositionLM(nn.Module):
+    """A causal LM (or a PeftModel around one) that returns float32 logits at the label positions only.
+
+    The model is a registered submodule, so DDP/FSDP and the optimiser see all its parameters; LoRA layers are
+    injected in place, so running the base model's decoder and head applies them. Methods that act in
+    ``PeftModel.forward`` itself (prompt or prefix tuning) would be bypassed, hence refused.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+            raise ValueError("prompt-learning PEFT methods act in PeftModel.forward, which this wrapper bypasses")
+        unwrap_causal_lm(model)  # fails early on a model without a decoder and an output head
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                label_rows: torch.Tensor, label_cols: torch.Tensor) -> torch.Tensor:
+        causal_lm = unwrap_causal_lm(self.model)
+        hidden = causal_lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 use_cache=False).last_hidden_state
+        return causal_lm.get_output_embeddings()(hidden[label_rows, label_cols]).float()
+
+
+def accumulation_steps(config: SFTConfig, num_processes: int) -> int:
+    rows_per_micro_step = config.micro_batch_size * num_processes
+    if config.batch_size % rows_per_micro_step:
+        raise ValueError(f"batch_size {config.batch_size} is not a multiple of micro_batch_size "
+                         f"{config.micro_batch_size} x {num_processes} processes")
+    return config.batch_size // rows_per_micro_step
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's row order, cycled to a whole number of steps (the last step reuses the epoch's first rows)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    length = math.ceil(n / batch_size) * batch_size
+    return order.repeat(math.ceil(length / n))[:length]
+
+
+def linear_schedule(step: int, warmup: int, total: int) -> float:
+    """transformers' get_linear_schedule_with_warmup, the reference's schedule."""
+    if step < warmup:
+        return step / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    # Matrices decay; vectors (biases, norm weights) do not.
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, out: str | Path,
+              loss_hook: LossHook | None = None, resume: bool = False, progress: bool = True,
+              pad_id: int = 0) -> SFTResult:
+    """Fine-tunes ``model`` in place (its trainable parameters) on ``examples``; see the module docstring."""
+    out = Path(out)
+    if config.precision not in ("bf16", "fp32"):
+        raise ValueError(f"unknown precision {config.precision!r}: expected bf16 or fp32")
+    if not examples:
+        raise ValueError("no training examples")
+    loss_hook = loss_hook or cross_entropy_loss
+    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no",
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    # The accumulation depends on the process count, known only once the accelerator exists.
+    accum = accumulation_steps(config, accelerator.num_processes)
+    accelerator.gradient_accumulation_steps = accum
+    set_seed(config.seed)  # dropout (LoRA) draws from the global generators; checkpoints carry their states
+    labels = torch.tensor([e.label_count() for e in examples])
+    tokens = torch.tensor([len(e.prompt_ids) + len(e.target_ids) for e in examples])
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+
+    lm = LabelPositionLM(model)
+    optimiser = torch.optim.AdamW(param_groups(lm, config.weight_decay), lr=config.lr, eps=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, partial(linear_schedule, warmup=config.warmup_steps, total=total_steps))
+    lm, optimiser, scheduler = accelerator.prepare(lm, optimiser, scheduler)
+    if accelerator.gradient_accumulation_steps != accum:
+        raise ValueError(f"the launch configuration (DeepSpeed?) set {accelerator.gradient_accumulation_steps} "
+                         f"accumulation steps; batch_size {config.batch_size} needs {accum}")
+    accelerator.register_save_state_pre_hook(partial(_save_trainable, accelerator.unwrap_model(lm)))
+    accelerator.register_load_state_pre_hook(partial(_load_trainable, accelerator.unwrap_model(lm)))
+
+    show = progress and accelerator.is_main_process
+    state = TrainState()
+    checkpoint = _find_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        state = _load_checkpoint(accelerator, checkpoint, config)
+        if show:
+            tqdm.write(f"resuming after step {state.global_step} (epoch {state.epoch + 1})")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_log(out / LOG, state.log)  # rows written after the checkpoint go with it
+    stop_at = min(total_steps, config.max_steps if config.max_steps is not None else total_steps)
+    bar = tqdm(total=stop_at, initial=state.global_step, desc="sft", disable=not show)
+    run_tokens, run_seconds = 0, 0.0
+    lm.train()
+    for epoch in range(state.epoch, config.epochs):
+        if state.global_step >= stop_at:
+            break
+        order = epoch_order(len(examples), config.batch_size, config.seed, epoch)
+        step_labels = labels[order].view(-1, config.batch_size).sum(1).tolist()
+        step_tokens = tokens[order].view(-1, config.batch_size).sum(1).tolist()
+        # Its own generator keeps the loader from drawing a seed from the global RNG (dropout's) at each epoch.
+        loader = accelerator.prepare_data_loader(DataLoader(
+            [examples[i] for i in order.tolist()], batch_size=config.micro_batch_size * accelerator.num_processes,
+            collate_fn=partial(collate, pad_id=pad_id), generator=torch.Generator()))
+        skip = state.step_in_epoch * accum
+        if skip:
+            loader = skip_first_batches(loader, skip)
+        label_loss = torch.zeros((), device=accelerator.device)
+        started = time.perf_counter()
+        for micro_step, batch in enumerate(loader, start=skip):
+            step = micro_step // accum
+            with accelerator.accumulate(lm):
+                logits = lm(batch.input_ids, batch.attention_mask, batch.position_ids, batch.label_rows,
+                            batch.label_cols)
+                losses = loss_hook(logits, batch)
+                if losses.shape != batch.label_tokens.shape:
+                    raise ValueError(f"the loss hook returned shape {tuple(losses.shape)}, not one loss per label")
+                # Undoes accelerate's 1/accum and DDP's 1/processes: the gradient is that of the global mean.
+                scale = accum * accelerator.num_processes / max(1, step_labels[step])
+                accelerator.backward(losses.sum() * scale)
+                label_loss += losses.detach().sum()
+                if accelerator.sync_gradients:
+                    if config.max_grad_norm:
+                        accelerator.clip_grad_norm_(lm.parameters(), config.max_grad_norm)
+                    lr = scheduler.get_last_lr()[0]
+                    optimiser.step()
+                    scheduler.step()
+                    optimiser.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+
+            loss = accelerator.reduce(label_loss, "sum").item() / max(1, step_labels[step])
+            label_loss.zero_()
+            seconds = time.perf_counter() - started
+            state.global_step += 1
+            state.step_in_epoch = step + 1
+            row = {"step": state.global_step, "epoch": epoch + 1, "loss": loss, "lr": lr,
+                   "labels": step_labels[step], "tokens": step_tokens[step], "seconds": round(seconds, 4),
+                   "tokens_per_second": round(step_tokens[step] / max(seconds, 1e-9), 1)}
+            state.log.append(row)
+            run_tokens, run_seconds = run_tokens + step_tokens[step], run_seconds + seconds
+            if accelerator.is_main_process:
+                _append_log(out / LOG, row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if show and config.log_every and state.global_step % config.log_every == 0:
+                recent = state.log[-config.log_every:]
+                mean = sum(r["loss"] * r["labels"] for r in recent) / max(1, sum(r["labels"] for r in recent))
+                tqdm.write(f"step {state.global_step}: loss {mean:.4f} lr {lr:.3g} "
+                           f"{sum(r['tokens'] for r in recent) / sum(r['seconds'] for r in recent):.0f} tokens/s")
+            if state.step_in_epoch == steps_per_epoch:
+                state.epoch, state.step_in_epoch = epoch + 1, 0
+            if (state.global_step >= stop_at or (state.step_in_epoch == 0 and not config.checkpoint_every)
+                    or (config.checkpoint_every and state.global_step % config.checkpoint_every == 0)):
+                _save_checkpoint(accelerator, out, state, config)
+            if state.global_step >= stop_at:
+                break
+            started = time.perf_counter()
+    bar.close()
+    accelerator.wait_for_everyone()
+    # DDP wraps without copying: the unwrapped wrapper's model is ``model``, now holding the trained weights.
+    accelerator.unwrap_model(lm).model.eval()
+    return SFTResult(log=state.log, steps=state.global_step,
+                     tokens_per_second=run_tokens / run_seconds if run_seconds else 0.0)
+
+
+def _save_trainable(module: nn.Module, models: list, weights: list[dict], output_dir: str) -> None:
+    """save_state hook for the plain (non-sharded) state: the trainable weights only, under unwrapped names.
+
+    Frozen weights never change, so a LoRA checkpoint holds megabytes rather than the LLM; the unwrapped names
+    make one written under DDP load on one process and vice versa. Sharded backends save their own state.
+    """
+    if weights:
+        weights[:] = [{name: p.detach().contiguous() for name, p in module.named_parameters() if p.requires_grad}]
+
+
+def _load_trainable(module: nn.Module, models: list, input_dir: str) -> None:
+    """load_state hook, the counterpart of _save_trainable: loads the weights itself, checking every one is there."""
+    if not models:  # sharded backends load their own state
+        return
+    with safe_open(Path(input_dir) / "model.safetensors", "pt", device="cpu") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    _, unexpected = module.load_state_dict(tensors, strict=False)
+    if unexpected or trainable - tensors.keys():
+        raise ValueError(f"{input_dir} does not hold this model's trainable weights: a different model or adapter?")
+    models.clear()  # loaded: accelerate must not load them again
+
+
+def _find_checkpoint(out: Path) -> Path | None:
+    # ``.old`` survives only an interruption between the two renames of _save_checkpoint.
+    for name in (CHECKPOINT, CHECKPOINT + ".old"):
+        if (out / name / PROGRESS).exists():
+            return out / name
+    return None
+
+
+def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, config: SFTConfig) -> None:
+    """Written to a temporary folder and swapped in, so an interruption never leaves half a checkpoint."""
+    tmp, old, final = out / (CHECKPOINT + ".tmp"), out / (CHECKPOINT + ".old"), out / CHECKPOINT
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)  # every process: each writes its RNG state (and its shards, when sharded)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / PROGRESS).write_text(json.dumps({"state": asdict(state), "config": asdict(config)}))
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(accelerator: Accelerator, directory: Path, config: SFTConfig) -> TrainState:
+    saved = json.loads((directory / PROGRESS).read_text())
+    changed = [k for k in RESUME_KEYS if saved["config"][k] != getattr(config, k)]
+    if changed:
+        raise ValueError(f"cannot resume {directory}: {', '.join(changed)} differ from the interrupted run")
+    accelerator.load_state(directory)
+    return TrainState(**saved["state"])
+
+
+def _write_log(path: Path, log: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(log)
+
+
+def _append_log(path: Path, row: dict) -> None:
+    # One row per step: rewriting the whole file each step would be quadratic over a long run.
+    with open(path, "a", newline="") as handle:
+        csv.DictWriter(handle, fieldnames=LOG_COLUMNS).writerow(row)
