@@ -133,3 +133,24 @@ def test_cli_train_eval_and_recommend(tmp_path, trained):
     assert trained_cli.exit_code == 0, trained_cli.output
     metrics = json.loads((tmp_path / "cli" / "test_metrics.json").read_text())
     assert metrics["n_examples"] == 4 and set(metrics["metrics"]) >= {"HR@1", "NDCG@5"}
+
+
+def test_model_selection_keeps_the_best_round_and_resume_does_not_rejudge(tmp_path):
+    dataset = rule_dataset()
+    data = tmp_path / "data"
+    dataset.save(data)
+    command = ["llm", "train", "--data", str(data), "--out", str(tmp_path / "sel"), "--backbone", "tiny",
+               "--precision", "fp32", "--finetune", "full", "--epochs", "4", "--select-every", "2",
+               "--select-metric", "HR@1", "--select-split", "test", "--batch-size", "16", "--micro-batch-size", "16",
+               "--lr", "0.003", "--warmup-steps", "2", "--eval-split", ""]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert [row["epoch"] for row in history] == [2, 4]
+    best = max(row["HR@1"] for row in history)
+    saved = runner.invoke(app, ["llm", "eval", "--data", str(data), "--model", str(tmp_path / "sel"), "--k", "1",
+                                "--beams", "1", "--json"])
+    assert json.loads(saved.output)["HR@1"] == pytest.approx(best)  # the saved model is the best round's
+    again = runner.invoke(app, [*command, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "sel" / "selection.json").read_text()) == history and "epoch 2:" not in again.output

@@ -233,17 +233,22 @@ class TCALoss:
     The CF scores stay float32 (the reference casts them to bf16 first).
     """
 
-    def __init__(self, cf_model: CFModel, index: ItemIndex, config: TCAConfig | None = None):
-        if cf_model.n_items != index.n_items:
-            raise ValueError(f"the CF model scores {cf_model.n_items} items, the index holds {index.n_items}")
-        self.cf_model = cf_model.eval().requires_grad_(False)
-        self.index = index
+    def __init__(self, cf_model: CFModel | None, index: ItemIndex, config: TCAConfig | None = None):
         self.config = config or TCAConfig()
+        if cf_model is None and self.config.alpha > 0:
+            raise ValueError("a CF model is needed when alpha > 0 (without one, only alpha = 0: plain or MSL)")
+        if cf_model is not None and cf_model.n_items != index.n_items:
+            raise ValueError(f"the CF model scores {cf_model.n_items} items, the index holds {index.n_items}")
+        self.cf_model = cf_model.eval().requires_grad_(False) if cf_model is not None else None
+        self.index = index
         self._tries: dict[torch.device, TrieTensors] = {}
 
     @torch.no_grad()
     def cf_logits(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
-        """(B, n_items) float32 CF scores of the histories (dataset item ids)."""
+        """(B, n_items) float32 CF scores of the histories (dataset item ids); flat without a CF model (alpha = 0,
+        where only the trie's children matter: the masked softmax)."""
+        if self.cf_model is None:
+            return torch.zeros(len(histories), self.index.n_items)
         self.cf_model.eval()  # dropout must stay off even if someone switched the model back to training
         device = next(self.cf_model.parameters()).device
         return self.cf_model.logits(self.cf_model.pad(histories).to(device)).float()

@@ -91,6 +91,24 @@ def llm_train(
     checkpoint_every: Annotated[int, typer.Option(help="Optimiser steps between checkpoints (0: each epoch).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of LoRA initialisation and data order.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    align: Annotated[str, typer.Option(help="'none' (plain SFT) or 'tca' (TCA4Rec soft labels from --cf).")] = "none",
+    cf: Annotated[Path | None, typer.Option(help="A CF model folder (`recalign cf train`) for --align tca.")] = None,
+    alpha: Annotated[float, typer.Option(help="TCA: weight of the CF soft label (0 = plain SFT).")] = 0.1,
+    beta: Annotated[float, typer.Option(help="TCA: temperature of the CF logits.")] = 1.0,
+    msl: Annotated[bool, typer.Option(help="Masked softmax: normalise over the trie's valid next tokens only.")] =
+        False,
+    tau: Annotated[float, typer.Option(help="Temperature of the masked softmax (used with --msl only).")] = 4.5,
+    objective: Annotated[str, typer.Option(help="TCA: 'reference' (-log sum p*y, the official code) or 'soft_ce'.")] =
+        "reference",
+    faithful_mask: Annotated[bool, typer.Option(help="Train only what TCA4Rec's code trains (not the last title "
+                                                     "token, not EOS); default trains every identifier token.")] =
+        False,
+    select_every: Annotated[int, typer.Option(help="Evaluate --select-metric every N epochs and keep the best "
+                                                   "model (0: keep the last).")] = 0,
+    select_metric: Annotated[str, typer.Option(help="Model selection metric, e.g. HR@3 (TCA4Rec's), NDCG@10.")] =
+        "HR@3",
+    select_split: Annotated[str, typer.Option(help="Split the selection metric is computed on.")] = "valid",
+    select_rows: Annotated[int | None, typer.Option(help="Selection uses the split's first N rows.")] = None,
     eval_split: Annotated[str | None, typer.Option(help="Evaluate on this split after training.")] = "test",
     eval_rows: RowsOption = 200,
     beams: BeamsOption = 10,
@@ -115,16 +133,30 @@ def llm_train(
                         warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every)
     except (ValueError, KeyError, TypeError) as exc:
         fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
+    if align not in ("none", "tca") or (align == "tca" and not cf):
+        fail("--align takes 'none' or 'tca', and 'tca' needs --cf DIR (a model from `recalign cf train`)")
     recommender = LLMRecommender.create(dataset, config)
     for line in recommender.index.report().lines():
         console.print(f"item index: {line}")
-    examples = recommender.examples(dataset, "train", max_train_rows)
-    result = sft_train(recommender.model, examples, sft, out / "train", resume=resume, pad_id=recommender.pad_id)
+    loss_hook, label_mask = None, None
+    if align == "tca" or msl or faithful_mask:  # plain SFT with MSL or the faithful mask is TCA's loss at alpha 0
+        loss_hook, label_mask = tca_hook(dataset, recommender, cf if align == "tca" else None, out,
+                                         alpha=alpha if align == "tca" else 0.0, beta=beta, tau=tau, msl=msl,
+                                         objective=objective, faithful_mask=faithful_mask)
+    examples = recommender.examples(dataset, "train", max_train_rows, label_mask)
     from accelerate import PartialState
 
-    if not PartialState().is_main_process:  # under `accelerate launch` one process saves and evaluates
+    main_process = PartialState().is_main_process  # under `accelerate launch` one process saves and evaluates
+    if select_every:
+        result = train_with_selection(recommender, dataset, examples, sft, out, loss_hook, resume, select_every,
+                                      select_metric, select_split, select_rows)
+    else:
+        result = sft_train(recommender.model, examples, sft, out / "train", loss_hook=loss_hook, resume=resume,
+                           pad_id=recommender.pad_id)
+        if main_process:
+            recommender.save_pretrained(out)
+    if not main_process:
         return
-    recommender.save_pretrained(out)
     console.print(f"trained on {len(examples):,} rows ({result.tokens_per_second:,.0f} tokens/s); "
                   f"recommender saved in {out}")
     if eval_split:
@@ -133,6 +165,76 @@ def llm_train(
         record = evaluate_and_report(trained, dataset, eval_split, ks, beams, 8, eval_rows,
                                      f"{backbone} on {data} · {eval_split}")
         (out / f"{eval_split}_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def train_with_selection(recommender, dataset, examples, sft, out: Path, loss_hook, resume: bool, every: int,
+                         metric: str, split: str, rows: int | None):
+    """Trains ``every`` epochs at a time; after each round the metric (constrained search with as many beams as
+    its K) is computed on ``split`` and the best model so far is saved in ``out``. Rounds already judged are
+    kept in ``out/selection.json``, so ``--resume`` neither repeats nor re-judges them."""
+    import math
+    from dataclasses import replace
+
+    from accelerate import PartialState
+
+    from ..decode import BeamConfig
+    from ..decode.recommend import evaluate_llm
+    from ..llm.train import sft_train
+
+    try:
+        name, k = metric.split("@")
+        ks = (int(k),)
+        if name not in ("HR", "NDCG", "MRR"):
+            raise ValueError
+    except ValueError:
+        fail(f"--select-metric takes HR@K, NDCG@K or MRR@K, not {metric!r}")
+    state = PartialState()
+    record_path = out / "selection.json"
+    history = json.loads(record_path.read_text()) if resume and record_path.exists() else []
+    steps_per_epoch = math.ceil(len(examples) / sft.batch_size)
+    ends = sorted({*range(every, sft.epochs, every), sft.epochs})
+    result = None
+    for epoch in ends:
+        if any(row["epoch"] == epoch for row in history):
+            continue
+        result = sft_train(recommender.model, examples, replace(sft, max_steps=epoch * steps_per_epoch),
+                           out / "train", loss_hook=loss_hook, resume=resume or bool(history) or epoch != ends[0],
+                           pad_id=recommender.pad_id)
+        if state.is_main_process:
+            recommender.model.eval()
+            score = evaluate_llm(recommender, dataset, split, ks, BeamConfig(num_beams=ks[0]), rows).metrics[metric]
+            best = max((row[metric] for row in history), default=float("-inf"))
+            history.append({"epoch": epoch, metric: score, "kept": score > best})
+            if score > best:
+                recommender.save_pretrained(out)
+            record_path.write_text(json.dumps(history, indent=2) + "\n")
+            console.print(f"epoch {epoch}: {split} {metric} {score:.4f}" + (" (best so far, saved)" if score > best
+                                                                             else ""))
+        state.wait_for_everyone()
+    if result is None:  # every round was judged before this call: the run had finished
+        result = sft_train(recommender.model, examples, sft, out / "train", loss_hook=loss_hook, resume=True,
+                           pad_id=recommender.pad_id)
+    return result
+
+
+def tca_hook(dataset, recommender, cf_dir: Path | None, out: Path, **settings):
+    """TCA4Rec's loss hook over a saved CF model, and the label mask it asks for; recorded in out/alignment.json."""
+    from dataclasses import asdict
+
+    from ..align.tca import TCAConfig, TCALoss
+    from ..cf import from_pretrained
+    from ..data import CatalogueMismatch
+
+    try:
+        config = TCAConfig(**settings)
+        cf_model = from_pretrained(cf_dir, dataset) if cf_dir else None
+    except (ValueError, FileNotFoundError, CatalogueMismatch) as exc:
+        fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"method": "tca" if cf_model else "none", **asdict(config), "cf": str(cf_dir) if cf_dir else None,
+              "cf_model": cf_model.model_type if cf_model else None}
+    (out / "alignment.json").write_text(json.dumps(record, indent=2) + "\n")
+    return TCALoss(cf_model, recommender.index, config), config.label_mask
 
 
 @llm_app.command("eval")

@@ -9,7 +9,7 @@ reloaded from its spec) or ``model/`` (full fine-tuning, and the random ``tiny``
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,14 +72,20 @@ class LLMRecommender:
         titles = [self.titles[int(item)] for item in history]
         return encode_prompt(self.tokenizer, self.template, titles, self.config.domain, self.config.max_history)
 
-    def examples(self, dataset: Dataset, split: str, max_rows: int | None = None) -> list[SFTExample]:
-        """(prompt, target identifier) pairs of a split; the target tokens are the index's, EOS included."""
+    def examples(self, dataset: Dataset, split: str, max_rows: int | None = None,
+                 label_mask: Callable[[list[int]], list[bool]] | None = None) -> list[SFTExample]:
+        """(prompt, target identifier) pairs of a split; the target tokens are the index's, EOS included.
+        ``label_mask`` picks the trained target tokens (default: all), e.g. TCA4Rec's faithful mask."""
         frame = dataset.split(split)
         if max_rows is not None:
             frame = frame.iloc[:max_rows]
-        return [SFTExample(prompt_ids=self.prompt(history), target_ids=self.index.tokens(int(target)),
-                           item=int(target), history=tuple(int(i) for i in history))
-                for history, target in zip(frame["history"], frame["target"])]
+        examples = []
+        for history, target in zip(frame["history"], frame["target"]):
+            target_ids = self.index.tokens(int(target))
+            examples.append(SFTExample(prompt_ids=self.prompt(history), target_ids=target_ids, item=int(target),
+                                       history=tuple(int(i) for i in history),
+                                       label_mask=label_mask(target_ids) if label_mask else None))
+        return examples
 
     # persistence --------------------------------------------------------------------------------------------
 
