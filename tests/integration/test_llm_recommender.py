@@ -154,3 +154,133 @@ def test_model_selection_keeps_the_best_round_and_resume_does_not_rejudge(tmp_pa
     again = runner.invoke(app, [*command, "--resume"])
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "sel" / "selection.json").read_text()) == history and "epoch 2:" not in again.output
+
+
+# --- CF features as soft tokens (--use-feature) ---------------------------------------------------------------------
+
+def untrained_cf(dataset, folder=None):
+    from recalign.cf import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        cf = build_model("sasrec", dataset.n_items, hidden=16, max_len=8).attach_catalogue(dataset)
+    if folder is not None:
+        cf.save_pretrained(folder)
+    return cf
+
+
+def test_feature_prompts_follow_the_reference_layout():
+    from recalign.llm.prompts import render_prompt
+
+    dataset = rule_dataset()
+    config = RecommenderConfig(backbone="tiny", precision="fp32", finetune="full", prompt="tca4rec-feature",
+                               max_history=3, use_feature=True)
+    recommender = LLMRecommender.create(dataset, config, untrained_cf(dataset))
+    tokenizer = recommender.tokenizer
+    user_id, item_id = (tokenizer.convert_tokens_to_ids(t) for t in ("[UserEmb]", "[ItemEmb]"))
+    assert recommender.model.get_input_embeddings().num_embeddings == len(tokenizer) > max(user_id, item_id)
+    assert recommender.model.get_output_embeddings().weight is recommender.model.get_input_embeddings().weight
+    text = render_prompt(tokenizer, recommender.template, ["t1", "t2", "t3", "t4"], max_history=3)
+    assert text.startswith("[UserEmb]###Instruction:\n")
+    assert 'Histories: "t2"[ItemEmb], "t3"[ItemEmb], "t4"[ItemEmb].\n' in text
+    ids = recommender.prompt([1, 2, 3, 4])
+    # SmolLM2's tokenizer adds no BOS: [UserEmb] comes first; each placeholder is one id
+    assert ids[0] == user_id and ids.count(user_id) == 1 and ids.count(item_id) == 3
+    assert tokenizer.decode(ids[ids.index(item_id) - 3:ids.index(item_id) + 1]).endswith('t2"[ItemEmb]')
+    with pytest.raises(ValueError, match="needs a CF model"):
+        LLMRecommender.create(dataset, config)
+    with pytest.raises(ValueError, match="item_format holds \\[ItemEmb\\]"):
+        LLMRecommender.create(dataset, RecommenderConfig(backbone="tiny", use_feature=True), untrained_cf(dataset))
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_a_feature_recommender_reloads_to_identical_recommendations(tmp_path, finetune):
+    """full: the tiny backbone saved whole; lora: a local backbone folder, so the adapter path (placeholder rows
+    saved beside the adapter) is exercised."""
+    from recalign.llm.backbones import load_backbone
+
+    dataset = rule_dataset()
+    backbone = "tiny"
+    if finetune == "lora":
+        model, tokenizer = load_backbone("tiny", "fp32")
+        model.save_pretrained(tmp_path / "backbone")
+        tokenizer.save_pretrained(tmp_path / "backbone")
+        backbone = str(tmp_path / "backbone")
+    config = RecommenderConfig(backbone=backbone, precision="fp32", finetune=finetune, prompt="tca4rec-feature",
+                               max_history=4, use_feature=True)
+    recommender = LLMRecommender.create(dataset, config, untrained_cf(dataset))
+    sft = SFTConfig(epochs=2, batch_size=16, micro_batch_size=16, lr=3e-3, warmup_steps=0, precision="fp32")
+    initial = {n: p.detach().clone() for n, p in recommender.feature_injector.named_parameters()}
+    sft_train(recommender.model, recommender.examples(dataset, "train", 32), sft, tmp_path / "train", progress=False,
+              pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
+    assert not torch.equal(recommender.feature_injector.item_mlp[0].weight, initial["item_mlp.0.weight"])
+    out = recommender.save_pretrained(tmp_path / "saved")
+    assert (out / "feature_injector.safetensors").exists() and (out / "cf" / "config.json").exists()
+    assert (out / "adapter").exists() == (out / "placeholder_embeddings.safetensors").exists() == (finetune == "lora")
+    if finetune == "lora":  # the adapter holds LoRA weights only, not the resized embedding matrices
+        from safetensors import safe_open
+
+        with safe_open(out / "adapter" / "adapter_model.safetensors", "pt") as handle:
+            assert handle.keys() and all("lora_" in key for key in handle.keys())
+    loaded = LLMRecommender.from_pretrained(out, dataset)
+    assert loaded.config.use_feature and loaded.feature_injector is not None
+    assert torch.equal(loaded.model.get_input_embeddings().weight, recommender.model.get_input_embeddings().weight)
+    for name, value in recommender.feature_injector.state_dict().items():
+        assert torch.equal(loaded.feature_injector.state_dict()[name], value)
+    histories = [[1, 2, 3], [4, 5, 6, 7, 8], [0]]
+    before = recommend(recommender, histories, k=5)
+    after = recommend(loaded, histories, k=5)
+    for old, new in zip(before, after):
+        assert [r.item for r in new] == [r.item for r in old]
+        assert [r.score for r in new] == pytest.approx([r.score for r in old], abs=1e-5)
+    # the features matter: the same model without the hook ranks otherwise
+    hookless = beam_search_scores(loaded, histories)
+    assert any(plain != pytest.approx([r.score for r in rows], abs=1e-4) for plain, rows in zip(hookless, after))
+
+
+def beam_search_scores(recommender, histories):
+    from recalign.decode import beam_search
+
+    ranked = beam_search(recommender.model, [recommender.prompt(h) for h in histories], recommender.index,
+                         BeamConfig(num_beams=5), recommender.pad_id)
+    return [result.scores[:5] for result in ranked]
+
+
+def test_cli_use_feature_trains_saves_and_answers_on_its_own(tmp_path):
+    from safetensors.torch import load_file
+
+    from recalign.align.features import CFFeatureInjector
+
+    dataset = rule_dataset()
+    data = tmp_path / "data"
+    dataset.save(data)
+    untrained_cf(dataset, tmp_path / "cf")
+    common = ["llm", "train", "--data", str(data), "--backbone", "tiny", "--precision", "fp32", "--max-train-rows",
+              "16", "--batch-size", "8", "--micro-batch-size", "8", "--lr", "0.01", "--warmup-steps", "0",
+              "--max-history", "3"]
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "tca"), "--use-feature", "--cf", str(tmp_path / "cf"),
+                                 "--align", "tca", "--alpha", "0.5", "--eval-rows", "4", "--beams", "5"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "tca" / "config.json").read_text())
+    assert saved["recommender"]["use_feature"] and saved["recommender"]["prompt"] == "tca4rec-feature"
+    assert json.loads((tmp_path / "tca" / "test_metrics.json").read_text())["n_examples"] == 4
+    shown = runner.invoke(app, ["recommend", "--model", str(tmp_path / "tca"), "--history", "1,2,3", "-k", "3",
+                                "--json"])
+    assert shown.exit_code == 0 and len(json.loads(shown.output)) == 3, shown.output
+
+    frozen = runner.invoke(app, [*common, "--out", str(tmp_path / "frozen"), "--use-feature", "--feature-frozen",
+                                 "--cf", str(tmp_path / "cf"), "--eval-split", ""])
+    assert frozen.exit_code == 0, frozen.output
+    fresh = CFFeatureInjector.from_pretrained(tmp_path / "tca")  # same layout and seed, before training
+    init = CFFeatureInjector(fresh.cf_model, **{**vars(fresh.config), "trainable": True})
+    init_state = {k: v for k, v in init.state_dict().items() if not k.startswith("cf_model.")}
+    frozen_state = load_file(tmp_path / "frozen" / "feature_injector.safetensors")
+    trained_state = load_file(tmp_path / "tca" / "feature_injector.safetensors")
+    assert frozen_state.keys() == init_state.keys() == trained_state.keys()
+    assert all(torch.equal(frozen_state[k], v) for k, v in init_state.items())  # never trained: the reference's bug
+    assert all(not torch.equal(trained_state[k], v) for k, v in init_state.items())
+
+    for extra, message in ((["--use-feature"], "needs --cf"), (["--feature-frozen"], "applies to --use-feature"),
+                           (["--use-feature", "--cf", str(tmp_path / "cf"), "--prompt", "chat"], "item_format")):
+        bad = runner.invoke(app, [*common, "--out", str(tmp_path / "bad"), *extra])
+        assert bad.exit_code == 1 and message in bad.output, bad.output

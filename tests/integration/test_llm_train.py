@@ -277,3 +277,10 @@ def test_two_processes_match_one(tmp_path):
     for name, value in finished[0].state_dict().items():
         torch.testing.assert_close(finished[1].state_dict()[name], value, atol=1e-5, rtol=1e-5)
         assert not torch.equal(value, weights[name])  # the fourth step did train
+
+
+def test_one_process_can_train_in_fp32_then_in_bf16(tmp_path):
+    model = lora(tiny_llama())
+    sft_train(model, random_examples(4), config(precision="fp32"), tmp_path / "fp32", progress=False)
+    result = sft_train(model, random_examples(4), config(precision="bf16"), tmp_path / "bf16", progress=False)
+    assert result.steps == 1 and all(row["loss"] > 0 for row in result.log)

@@ -3,4 +3,8 @@
 ``recalign.align.tca``: TCA4Rec (token-level collaborative alignment, Lin et al., WWW 2026). A frozen CF model's
 item softmax, factorised over the item index's trie into next-token distributions (the Collaborative
 Tokenizer), is mixed into the SFT labels (Soft Label Alignment) through the training loop's loss hook.
+
+``recalign.align.features``: CF features as soft tokens (TCA4Rec's ``--use_feature``, CoLLM/LLaRA style): a frozen
+CF model's user and item embeddings, projected by MLPs, written into the LLM's input embeddings at ``[UserEmb]`` /
+``[ItemEmb]`` placeholders through the training loop's and the beam search's embedding hook.
 """

@@ -29,16 +29,17 @@ class SASRecConfig(CFConfig):
     dropout: float = 0.5
     n_blocks: int = 2
     n_heads: int = 1
+    inner: int | None = None  # feed-forward width; None: the hidden size, as pmixer (RecBole uses 4x hidden)
     init: str = "normal"  # normal(0, 0.02) as TCA4Rec's copy, or xavier as pmixer / A-LLMRec
 
 
 class PointWiseFeedForward(nn.Module):
-    def __init__(self, hidden: int, dropout: float):
+    def __init__(self, hidden: int, dropout: float, inner: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv1d(hidden, hidden, kernel_size=1)
+        self.conv1 = nn.Conv1d(hidden, inner or hidden, kernel_size=1)
         self.dropout1 = nn.Dropout(dropout)
         self.relu = nn.ReLU()
-        self.conv2 = nn.Conv1d(hidden, hidden, kernel_size=1)
+        self.conv2 = nn.Conv1d(inner or hidden, hidden, kernel_size=1)
         self.dropout2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,8 @@ class SASRec(CFModel):
             nn.MultiheadAttention(d, config.n_heads, dropout=config.dropout, batch_first=True)
             for _ in range(config.n_blocks))
         self.forward_layernorms = nn.ModuleList(nn.LayerNorm(d, eps=1e-8) for _ in range(config.n_blocks))
-        self.forward_layers = nn.ModuleList(PointWiseFeedForward(d, config.dropout) for _ in range(config.n_blocks))
+        self.forward_layers = nn.ModuleList(PointWiseFeedForward(d, config.dropout, config.inner)
+                                            for _ in range(config.n_blocks))
         self.last_layernorm = nn.LayerNorm(d, eps=1e-8)
         self.register_buffer("causal_mask", torch.ones(config.max_len, config.max_len, dtype=torch.bool).triu(1),
                              persistent=False)

@@ -76,8 +76,9 @@ def llm_train(
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
     lora_targets: Annotated[str, typer.Option(help="Comma-separated module names LoRA adapts.")] =
         "q_proj,k_proj,v_proj,o_proj",
-    prompt: Annotated[str, typer.Option(help="Prompt template: 'tca4rec' (BIGRec style), 'chat', or a .json file "
-                                              "with PromptTemplate's fields.")] = "tca4rec",
+    prompt: Annotated[str, typer.Option(help="Prompt template: 'tca4rec' (BIGRec style), 'chat', 'tca4rec-feature' "
+                                              "(--use-feature's, the default with it), or a .json file with "
+                                              "PromptTemplate's fields.")] = "tca4rec",
     domain: Annotated[str, typer.Option(help="What the prompt calls the items ('games', 'office products').")] =
         "items",
     max_history: Annotated[int, typer.Option(help="Most recent history items in the prompt.")] = 10,
@@ -92,7 +93,8 @@ def llm_train(
     seed: Annotated[int, typer.Option(help="Seed of LoRA initialisation and data order.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
     align: Annotated[str, typer.Option(help="'none' (plain SFT) or 'tca' (TCA4Rec soft labels from --cf).")] = "none",
-    cf: Annotated[Path | None, typer.Option(help="A CF model folder (`recalign cf train`) for --align tca.")] = None,
+    cf: Annotated[Path | None, typer.Option(help="A CF model folder (`recalign cf train`) for --align tca and "
+                                                 "--use-feature.")] = None,
     alpha: Annotated[float, typer.Option(help="TCA: weight of the CF soft label (0 = plain SFT).")] = 0.1,
     beta: Annotated[float, typer.Option(help="TCA: temperature of the CF logits.")] = 1.0,
     msl: Annotated[bool, typer.Option(help="Masked softmax: normalise over the trie's valid next tokens only.")] =
@@ -103,6 +105,10 @@ def llm_train(
     faithful_mask: Annotated[bool, typer.Option(help="Train only what TCA4Rec's code trains (not the last title "
                                                      "token, not EOS); default trains every identifier token.")] =
         False,
+    use_feature: Annotated[bool, typer.Option(help="CF embeddings as soft tokens at [UserEmb]/[ItemEmb] placeholders "
+                                                   "(TCA4Rec's --use_feature; needs --cf).")] = False,
+    feature_frozen: Annotated[bool, typer.Option(help="With --use-feature: never train the feature MLPs (random "
+                                                      "init), as TCA4Rec's code does.")] = False,
     select_every: Annotated[int, typer.Option(help="Evaluate --select-metric every N epochs and keep the best "
                                                    "model (0: keep the last).")] = 0,
     select_metric: Annotated[str, typer.Option(help="Model selection metric, e.g. HR@3 (TCA4Rec's), NDCG@10.")] =
@@ -119,23 +125,37 @@ def llm_train(
     _quiet_transformers()
     from ..llm.backbones import LoraSettings
     from ..llm.prompts import get_template
-    from ..llm.recommender import LLMRecommender, RecommenderConfig
+    from ..llm.recommender import LLMRecommender, RecommenderConfig, check_feature_template
     from ..llm.train import SFTConfig, sft_train
 
     dataset = load_dataset_or_fail(data)
     if dataset.table("train").num_rows == 0:
         fail(f"{data} has no training examples")
+    if feature_frozen and not use_feature:
+        fail("--feature-frozen applies to --use-feature only")
+    if use_feature and not cf:
+        fail("--use-feature needs --cf DIR (a model from `recalign cf train`)")
+    if use_feature and prompt == "tca4rec":
+        prompt = "tca4rec-feature"  # the same prompt with the placeholders (TCA4Rec §1.2)
     try:
         lora = LoraSettings(lora_r, lora_alpha, lora_dropout, tuple(t for t in lora_targets.split(",") if t))
-        config = RecommenderConfig(backbone, precision, finetune, lora, prompt, domain, max_history, seed)
-        get_template(prompt)
+        config = RecommenderConfig(backbone, precision, finetune, lora, prompt, domain, max_history, seed,
+                                   use_feature=use_feature, feature_frozen=feature_frozen)
+        check_feature_template(get_template(prompt), use_feature)
         sft = SFTConfig(epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,
                         warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every)
     except (ValueError, KeyError, TypeError) as exc:
         fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
     if align not in ("none", "tca") or (align == "tca" and not cf):
         fail("--align takes 'none' or 'tca', and 'tca' needs --cf DIR (a model from `recalign cf train`)")
-    recommender = LLMRecommender.create(dataset, config)
+    cf_model = load_cf_or_fail(cf, dataset) if use_feature else None
+    try:
+        recommender = LLMRecommender.create(dataset, config, cf_model)
+    except ValueError as exc:
+        fail(str(exc))
+    if use_feature:
+        console.print(f"CF features: [UserEmb]/[ItemEmb] from {cf} ({cf_model.model_type}), prompt {prompt!r}, "
+                      f"MLPs {'frozen at random init (as the reference)' if feature_frozen else 'trained'}")
     for line in recommender.index.report().lines():
         console.print(f"item index: {line}")
     loss_hook, label_mask = None, None
@@ -152,7 +172,7 @@ def llm_train(
                                       select_metric, select_split, select_rows)
     else:
         result = sft_train(recommender.model, examples, sft, out / "train", loss_hook=loss_hook, resume=resume,
-                           pad_id=recommender.pad_id)
+                           pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
         if main_process:
             recommender.save_pretrained(out)
     if not main_process:
@@ -199,7 +219,7 @@ def train_with_selection(recommender, dataset, examples, sft, out: Path, loss_ho
             continue
         result = sft_train(recommender.model, examples, replace(sft, max_steps=epoch * steps_per_epoch),
                            out / "train", loss_hook=loss_hook, resume=resume or bool(history) or epoch != ends[0],
-                           pad_id=recommender.pad_id)
+                           pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
         if state.is_main_process:
             recommender.model.eval()
             score = evaluate_llm(recommender, dataset, split, ks, BeamConfig(num_beams=ks[0]), rows).metrics[metric]
@@ -213,8 +233,19 @@ def train_with_selection(recommender, dataset, examples, sft, out: Path, loss_ho
         state.wait_for_everyone()
     if result is None:  # every round was judged before this call: the run had finished
         result = sft_train(recommender.model, examples, sft, out / "train", loss_hook=loss_hook, resume=True,
-                           pad_id=recommender.pad_id)
+                           pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
     return result
+
+
+def load_cf_or_fail(cf_dir: Path, dataset):
+    """A saved CF model of ``dataset``'s catalogue, or a clean CLI failure."""
+    from ..cf import from_pretrained
+    from ..data import CatalogueMismatch
+
+    try:
+        return from_pretrained(cf_dir, dataset)
+    except (ValueError, FileNotFoundError, CatalogueMismatch) as exc:
+        fail(str(exc))
 
 
 def tca_hook(dataset, recommender, cf_dir: Path | None, out: Path, **settings):

@@ -8,15 +8,21 @@ vocabulary (not renormalised over the allowed tokens), divided by (generated len
 Where it differs is cost: the prompt is prefilled once per user (not once per beam); each beam carries its trie
 node, so the allowed tokens are a gather of the node's children (no per-beam Python); users whose search has
 ended leave the batch at once; a beam needs no token history, since its node names its prefix.
+
+With an ``embedding_hook`` (``recalign.llm.train.EmbeddingHook``: e.g. CF features written at placeholder
+tokens), the prefill reads the hook's ``inputs_embeds`` (given each prompt's history); the one-token steps read
+plain ids, since generated tokens never hold placeholders.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..index import ItemIndex
+from ..llm.hooks import EmbeddingHook, hooked_embeddings
 
 NEG_INF = float("-inf")
 
@@ -53,22 +59,36 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 @torch.no_grad()
 def beam_search(model, prompts: list[list[int]], index: ItemIndex, config: BeamConfig | None = None,
-                pad_id: int = 0) -> list[Ranked]:
-    """The top ``num_beams`` identifiers for each prompt (fewer if the catalogue has fewer)."""
+                pad_id: int = 0, embedding_hook: EmbeddingHook | None = None,
+                histories: Sequence[Sequence[int]] | None = None) -> list[Ranked]:
+    """The top ``num_beams`` identifiers for each prompt (fewer if the catalogue has fewer).
+
+    ``embedding_hook`` rewrites the prompts' input embeddings in the prefill; it reads ``histories`` (one per
+    prompt, the history the prompt was written from)."""
     config = config or BeamConfig()
+    if embedding_hook is not None and (histories is None or len(histories) != len(prompts)):
+        raise ValueError(f"an embedding hook needs one history per prompt: {len(prompts)} prompts, "
+                         f"{'no' if histories is None else len(histories)} histories")
     results: list[Ranked] = []
     for start in range(0, len(prompts), config.batch_size):
-        results += _search_batch(model, prompts[start:start + config.batch_size], index, config, pad_id)
+        stop = start + config.batch_size
+        results += _search_batch(model, prompts[start:stop], index, config, pad_id, embedding_hook,
+                                 histories[start:stop] if embedding_hook is not None else None)
     return results
 
 
-def _search_batch(model, prompts: list[list[int]], index: ItemIndex, config: BeamConfig,
-                  pad_id: int) -> list[Ranked]:
+def _search_batch(model, prompts: list[list[int]], index: ItemIndex, config: BeamConfig, pad_id: int,
+                  embedding_hook: EmbeddingHook | None = None,
+                  histories: Sequence[Sequence[int]] | None = None) -> list[Ranked]:
     k, lp = config.num_beams, config.length_penalty
     n_users = len(prompts)
     ids, prompt_mask = left_pad(prompts, pad_id)
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids.to(model.device), attention_mask=prompt_mask.to(model.device),
+    if embedding_hook is None:
+        inputs = {"input_ids": ids.to(model.device)}
+    else:
+        inputs = {"inputs_embeds": hooked_embeddings(model, ids.to(model.device), embedding_hook, histories)}
+    out = model(**inputs, attention_mask=prompt_mask.to(model.device),
                 position_ids=positions.to(model.device), use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu().repeat_interleave(k, 0)

@@ -36,7 +36,7 @@ def recommend(recommender: LLMRecommender, histories: Sequence[Sequence[int]], k
     if config.num_beams < k:
         raise ValueError(f"num_beams ({config.num_beams}) must be at least k ({k})")
     ranked = beam_search(recommender.model, [recommender.prompt(h) for h in histories], recommender.index, config,
-                         recommender.pad_id)
+                         recommender.pad_id, recommender.embedding_hook, histories)
     out = []
     for result in ranked:
         rows = [Recommendation(item, recommender.raw_ids[item], recommender.titles[item], score)
@@ -94,7 +94,8 @@ def evaluate_llm(recommender: LLMRecommender, dataset: Dataset, split: str = "te
     bar = tqdm(total=len(prompts), desc=f"decoding {split}", unit="user", disable=not progress)
     for start in range(0, len(prompts), config.batch_size):
         batch = prompts[start:start + config.batch_size]
-        results += beam_search(recommender.model, batch, recommender.index, config, recommender.pad_id)
+        results += beam_search(recommender.model, batch, recommender.index, config, recommender.pad_id,
+                               recommender.embedding_hook, histories[start:start + config.batch_size])
         bar.update(len(batch))
     bar.close()
     seconds = time.perf_counter() - started

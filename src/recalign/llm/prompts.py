@@ -14,25 +14,35 @@ special tokens, then one separator token, the tokenizer's BOS (Llama-3: <|begin_
 - its chat template is ChatML with a default system message ("You are a helpful AI assistant named SmolLM, ...")
   when none is given; the generation prompt is "<|im_start|>assistant\\n", and an assistant turn ends with
   "<|im_end|>", its EOS, which makes the chat layout's target (title + EOS) a natural assistant answer.
+
+CF features ("soft tokens", TCA4Rec's ``--use_feature``, §1.2): the ``tca4rec-feature`` template writes each
+history item as ``"title"[ItemEmb]`` and prepends ``[UserEmb]`` to the whole prompt text (so it follows BOS where
+the tokenizer adds one). The two placeholders are added to the tokenizer as special tokens
+(``LLMRecommender.create`` with ``use_feature``), so each is one id, whatever text surrounds it; the embedding
+hook (``recalign.align.features``) overwrites their input embeddings.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 SEPARATORS = ("bos", "none")
 QWEN_SEPARATOR = "<|im_start|>"
+USER_PLACEHOLDER = "[UserEmb]"  # TCA4Rec's placeholder tokens for CF features
+ITEM_PLACEHOLDER = "[ItemEmb]"
+PLACEHOLDERS = (USER_PLACEHOLDER, ITEM_PLACEHOLDER)
 
 
 @dataclass(frozen=True)
 class PromptTemplate:
     """Three text blocks joined by blank lines: ``instruction`` (may use ``{domain}``), ``input_line`` (must use
     ``{history}``) and ``response``. Each title is written as ``item_format`` (with ``{title}``) and the titles are
-    joined with ``joiner``. ``chat`` sends the text as one user message through the tokenizer's chat template;
-    ``separator`` ("bos" or "none") is the token appended after the prompt's ids."""
+    joined with ``joiner``. ``user_token`` is prepended to the whole (stripped) text, e.g. ``[UserEmb]``. ``chat``
+    sends the text as one user message through the tokenizer's chat template; ``separator`` ("bos" or "none") is
+    the token appended after the prompt's ids."""
 
     name: str
     instruction: str
@@ -42,6 +52,7 @@ class PromptTemplate:
     joiner: str = ", "
     chat: bool = False
     separator: str = "bos"
+    user_token: str = ""
 
     def __post_init__(self) -> None:
         if self.separator not in SEPARATORS:
@@ -55,8 +66,14 @@ class PromptTemplate:
         history = self.joiner.join(self.item_format.replace("{title}", title) for title in history_titles)
         blocks = (self.instruction.replace("{domain}", domain), self.input_line.replace("{history}", history),
                   self.response)
-        # TCA4Rec strips the whole string after substitution (§1.2)
-        return "\n\n".join(blocks).strip()
+        # TCA4Rec strips the whole string after substitution (§1.2), then prepends [UserEmb] with use_feature
+        return self.user_token + "\n\n".join(blocks).strip()
+
+    @property
+    def placeholders(self) -> tuple[str, ...]:
+        """The CF-feature placeholders (``PLACEHOLDERS``) the template writes: none for a plain template."""
+        text = self.user_token + self.item_format
+        return tuple(token for token in PLACEHOLDERS if token in text)
 
 
 # TCA4Rec's get_prompt, word for word: "recommendate" and the leftover movie sentence are the authors' and are kept
@@ -78,7 +95,11 @@ CHAT = PromptTemplate(
     separator="none",
 )
 
-TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (TCA4REC, CHAT)}
+# TCA4Rec's get_prompt with --use_feature (§1.2): '"title"[ItemEmb]' per history item, '[UserEmb]' before it all.
+TCA4REC_FEATURE = replace(TCA4REC, name="tca4rec-feature", item_format='"{title}"' + ITEM_PLACEHOLDER,
+                          user_token=USER_PLACEHOLDER)
+
+TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (TCA4REC, CHAT, TCA4REC_FEATURE)}
 
 
 def get_template(name: str) -> PromptTemplate:

@@ -4,6 +4,13 @@ prompt template and the item index its identifiers come from.
 ``save_pretrained`` writes ``config.json``, ``items.json`` (raw id and title per item id, so the folder can
 answer on its own), ``tokenizer/``, ``index/`` and either ``adapter/`` (LoRA on a named backbone, which is
 reloaded from its spec) or ``model/`` (full fine-tuning, and the random ``tiny`` backbone, which is small).
+
+With ``use_feature`` (TCA4Rec's CF features as soft tokens, ``recalign.align.features``) the tokenizer gains the
+special tokens ``[UserEmb]`` and ``[ItemEmb]``, the embeddings are resized, and the recommender carries a
+``CFFeatureInjector`` (its ``embedding_hook``) built from a frozen CF model. The folder then also holds
+``feature_injector.safetensors`` + ``feature_injector.json`` (the MLPs), ``cf/`` (a copy of the CF model) and,
+beside a LoRA adapter, ``placeholder_embeddings.safetensors`` (the new embedding rows, which the adapter does not
+hold).
 """
 
 from __future__ import annotations
@@ -12,16 +19,22 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data import Dataset, catalogue_fingerprint, check_same_catalogue
 from ..index import ItemIndex
 from ..index.titles import title_index
 from .backbones import TINY_SPEC, LoraSettings, apply_lora, load_backbone, torch_dtype
-from .prompts import PromptTemplate, encode_prompt, get_template
+from .hooks import EmbeddingHook
+from .prompts import PLACEHOLDERS, PromptTemplate, encode_prompt, get_template
 from .train import SFTExample
 
+if TYPE_CHECKING:
+    from ..align.features import CFFeatureInjector
+    from ..cf.base import CFModel
+
 FINETUNE = ("lora", "full")
+PLACEHOLDER_ROWS = "placeholder_embeddings.safetensors"
 
 
 @dataclass
@@ -34,10 +47,14 @@ class RecommenderConfig:
     domain: str = "items"  # the word the prompt uses for the catalogue ("games", "office products", ...)
     max_history: int = 10  # most recent history items written into the prompt
     seed: int = 0
+    use_feature: bool = False  # CF embeddings at [UserEmb] / [ItemEmb] placeholders (TCA4Rec's --use_feature)
+    feature_frozen: bool = False  # the reference's bug: the feature MLPs are never trained (random init)
 
     def __post_init__(self) -> None:
         if self.finetune not in FINETUNE:
             raise ValueError(f"finetune must be one of {', '.join(FINETUNE)}, not {self.finetune!r}")
+        if self.feature_frozen and not self.use_feature:
+            raise ValueError("feature_frozen applies to use_feature only")
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**{**self.lora, "targets": tuple(self.lora["targets"])})
         torch_dtype(self.precision)
@@ -47,26 +64,89 @@ class RecommenderConfig:
         return self.finetune == "full" or self.backbone == TINY_SPEC
 
 
+def check_feature_template(template: PromptTemplate, use_feature: bool) -> None:
+    """A use_feature recommender needs a template writing the item placeholder once per item; a plain one must not
+    write placeholders (they would be read as ordinary text)."""
+    if use_feature and template.item_format.count(PLACEHOLDERS[1]) != 1:
+        raise ValueError(f"use_feature needs a prompt template whose item_format holds {PLACEHOLDERS[1]} once (e.g. "
+                         f"'tca4rec-feature'); {template.name!r} has item_format {template.item_format!r}")
+    if use_feature and template.user_token not in ("", PLACEHOLDERS[0]):
+        raise ValueError(f"with use_feature, user_token must be empty or {PLACEHOLDERS[0]}")
+    if not use_feature and template.placeholders:
+        raise ValueError(f"template {template.name!r} writes {', '.join(template.placeholders)}: it needs "
+                         "use_feature (and a CF model)")
+
+
+def add_placeholder_tokens(model: Any, tokenizer: Any, seed: int = 0) -> tuple[int, int]:
+    """Adds [UserEmb] and [ItemEmb] to the tokenizer as special tokens (one id each, whatever text surrounds them)
+    and resizes the model's embeddings (tied input/output embeddings stay tied); returns their ids.
+
+    The new rows get transformers' mean resizing (the reference's default); its draw runs on a forked RNG seeded
+    with ``seed``. The input rows never reach the decoder, since the feature hook overwrites them, so they need
+    no training; with tied embeddings the head's rows only score the placeholders, which no target holds.
+    """
+    import torch
+
+    tokenizer.add_tokens(list(PLACEHOLDERS), special_tokens=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _fit_embeddings(model, len(tokenizer))
+    user_id, item_id = _placeholder_ids(tokenizer)
+    return user_id, item_id
+
+
+def _fit_embeddings(model: Any, n_tokens: int, mean_resizing: bool = True) -> None:
+    """Grows the embeddings to ``n_tokens`` rows; a vocabulary padded beyond the tokenizer's (Qwen) already has
+    room, and shrinking it would cut real rows."""
+    if model.get_input_embeddings().num_embeddings < n_tokens:
+        model.resize_token_embeddings(n_tokens, mean_resizing=mean_resizing)
+
+
 class LLMRecommender:
     def __init__(self, model: Any, tokenizer: Any, index: ItemIndex, config: RecommenderConfig, titles: list[str],
-                 raw_ids: list[str], template: PromptTemplate | None = None):
+                 raw_ids: list[str], template: PromptTemplate | None = None,
+                 feature_injector: CFFeatureInjector | None = None):
         self.model, self.tokenizer, self.index, self.config = model, tokenizer, index, config
         self.titles, self.raw_ids = titles, raw_ids
         self.template = template or get_template(config.prompt)
+        self.feature_injector = feature_injector
+        if config.use_feature != (feature_injector is not None):
+            raise ValueError("use_feature and a feature injector go together")
 
     @classmethod
-    def create(cls, dataset: Dataset, config: RecommenderConfig) -> LLMRecommender:
-        """A fresh recommender for ``dataset``'s catalogue: the backbone, LoRA if asked, the title index."""
+    def create(cls, dataset: Dataset, config: RecommenderConfig, cf_model: CFModel | None = None) -> LLMRecommender:
+        """A fresh recommender for ``dataset``'s catalogue: the backbone, LoRA if asked, the title index; with
+        ``config.use_feature``, the placeholder tokens and the feature injector over ``cf_model`` (frozen)."""
         template = get_template(config.prompt)  # before loading the backbone: a bad name fails fast
+        check_feature_template(template, config.use_feature)
+        if config.use_feature and cf_model is None:
+            raise ValueError("use_feature needs a CF model")
+        if cf_model is not None and cf_model.n_items != len(dataset.raw_ids):
+            raise ValueError(f"the CF model has {cf_model.n_items} items, the dataset {len(dataset.raw_ids)}")
         model, tokenizer = load_backbone(config.backbone, config.precision, config.seed)
+        injector = None
+        if config.use_feature:
+            from ..align.features import CFFeatureInjector
+
+            # Before LoRA: the adapters wrap the resized model. LoRA trains neither embedding matrix, and need not:
+            # the hook overwrites the placeholders' input rows, so only the injector's MLPs learn them.
+            user_id, item_id = add_placeholder_tokens(model, tokenizer, config.seed)
+            injector = CFFeatureInjector(cf_model, user_id, item_id, model.get_input_embeddings().embedding_dim,
+                                         trainable=not config.feature_frozen, max_history=config.max_history,
+                                         seed=config.seed)
         if config.finetune == "lora":
             model = apply_lora(model, config.lora)
         index = title_index(dataset.titles, tokenizer)
-        return cls(model, tokenizer, index, config, dataset.titles, dataset.raw_ids, template)
+        return cls(model, tokenizer, index, config, dataset.titles, dataset.raw_ids, template, injector)
 
     @property
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
+
+    @property
+    def embedding_hook(self) -> EmbeddingHook | None:
+        """The input-embedding hook the SFT loop and the beam search need (None without features)."""
+        return self.feature_injector
 
     def prompt(self, history: Sequence[int]) -> list[int]:
         titles = [self.titles[int(item)] for item in history]
@@ -102,8 +182,15 @@ class LLMRecommender:
         if self.config.saves_full_model:
             model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
             model.save_pretrained(directory / "model")
-        else:
+        elif self.feature_injector is None:
             self.model.save_pretrained(directory / "adapter")
+        else:
+            # The adapter holds no embeddings; the resized rows (placeholders) are saved beside it instead of the
+            # whole matrices that peft's "auto" would add.
+            self.model.save_pretrained(directory / "adapter", save_embedding_layers=False)
+            _save_placeholder_rows(self.model, self.tokenizer, directory / PLACEHOLDER_ROWS)
+        if self.feature_injector is not None:
+            self.feature_injector.save_pretrained(directory)
         return directory
 
     @classmethod
@@ -111,6 +198,7 @@ class LLMRecommender:
                         merge: bool = True) -> LLMRecommender:
         """Loads a saved recommender; with ``dataset``, refuses one whose catalogue differs. ``merge`` folds a
         LoRA adapter into the weights, which makes inference as fast as the bare backbone."""
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         directory = Path(directory)
@@ -129,9 +217,50 @@ class LLMRecommender:
             from peft import PeftModel
 
             base, _ = load_backbone(config.backbone, config.precision, config.seed)
+            if config.use_feature:
+                with torch.random.fork_rng(devices=[]):  # the new rows' draw is overwritten just below
+                    _fit_embeddings(base, len(tokenizer), mean_resizing=False)
+                _load_placeholder_rows(base, directory / PLACEHOLDER_ROWS)
             model = PeftModel.from_pretrained(base, directory / "adapter")
             if merge:
                 model = model.merge_and_unload()
         model.eval()
+        injector = None
+        if config.use_feature:
+            from ..align.features import CFFeatureInjector
+
+            injector = CFFeatureInjector.from_pretrained(directory, dataset)
         return cls(model, tokenizer, ItemIndex.from_pretrained(directory / "index"), config, titles, raw_ids,
-                   PromptTemplate(**saved["template"]))  # the saved text, even if the template file changed since
+                   PromptTemplate(**saved["template"]),  # the saved text, even if the template file changed since
+                   injector)
+
+
+def _placeholder_ids(tokenizer: Any) -> list[int]:
+    return [int(tokenizer.convert_tokens_to_ids(token)) for token in PLACEHOLDERS]
+
+
+def _save_placeholder_rows(model: Any, tokenizer: Any, path: Path) -> None:
+    """The placeholder rows of the input embeddings (and of an untied output head): all a LoRA adapter's base
+    misses after resizing, since the original rows are the backbone's."""
+    from safetensors.torch import save_file
+
+    ids = _placeholder_ids(tokenizer)
+    rows = {"input": model.get_input_embeddings().weight[ids].detach().cpu().contiguous()}
+    head = model.get_output_embeddings()
+    if head is not None and head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        rows["output"] = head.weight[ids].detach().cpu().contiguous()
+    save_file(rows, path, metadata={"ids": json.dumps(ids)})
+
+
+def _load_placeholder_rows(model: Any, path: Path) -> None:
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(path, "pt", device="cpu") as handle:
+        ids = json.loads(handle.metadata()["ids"])
+        rows = {name: handle.get_tensor(name) for name in handle.keys()}
+    with torch.no_grad():
+        model.get_input_embeddings().weight[ids] = rows["input"].to(model.get_input_embeddings().weight.dtype)
+        if "output" in rows:
+            head = model.get_output_embeddings()
+            head.weight[ids] = rows["output"].to(head.weight.dtype)

@@ -15,6 +15,9 @@ The loop is plain accelerate, so ``accelerate launch`` runs it unchanged on one 
 - **Data order.** Each epoch is a ``torch.randperm`` seeded with ``seed + epoch``; its last step is topped up
   with rows from the start of that order, so every step has ``batch_size`` rows. Rows are cut into global
   micro-batches of ``micro_batch_size * processes`` and split between processes (``split_batches``).
+- **Input-embedding hook.** ``EmbeddingHook`` (e.g. CF features at placeholder tokens, ``recalign.align.features``)
+  rewrites the input embeddings before the decoder runs; it is a submodule of ``LabelPositionLM``, so the
+  optimiser, DDP and the checkpoints see its trainable weights.
 - **Checkpoints.** ``accelerator.save_state`` (the trainable weights only: with LoRA, megabytes rather than the
   whole LLM; optimiser, schedule, every process's RNG) plus ``progress.json``, written to a temporary folder and
   swapped in, so an interruption never leaves half a checkpoint. ``resume=True`` reloads it and skips the steps
@@ -44,6 +47,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .backbones import unwrap_causal_lm
+from .hooks import EmbeddingHook, hooked_embeddings
 
 CHECKPOINT = "checkpoint"
 PROGRESS = "progress.json"
@@ -165,19 +169,29 @@ class LabelPositionLM(nn.Module):
     The model is a registered submodule, so DDP/FSDP and the optimiser see all its parameters; LoRA layers are
     injected in place, so running the base model's decoder and head applies them. Methods that act in
     ``PeftModel.forward`` itself (prompt or prefix tuning) would be bypassed, hence refused.
+
+    With an ``embedding_hook`` (also a registered submodule: its trainable weights are optimised and
+    checkpointed with the model's), the decoder reads ``hook(get_input_embeddings()(input_ids), input_ids,
+    histories)`` as ``inputs_embeds`` instead of the ids.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, embedding_hook: EmbeddingHook | None = None):
         super().__init__()
         if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
             raise ValueError("prompt-learning PEFT methods act in PeftModel.forward, which this wrapper bypasses")
         unwrap_causal_lm(model)  # fails early on a model without a decoder and an output head
         self.model = model
+        self.embedding_hook = embedding_hook
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                label_rows: torch.Tensor, label_cols: torch.Tensor) -> torch.Tensor:
+                label_rows: torch.Tensor, label_cols: torch.Tensor,
+                histories: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
         causal_lm = unwrap_causal_lm(self.model)
-        hidden = causal_lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        if self.embedding_hook is None:
+            inputs = {"input_ids": input_ids}
+        else:
+            inputs = {"inputs_embeds": hooked_embeddings(causal_lm, input_ids, self.embedding_hook, histories)}
+        hidden = causal_lm.model(**inputs, attention_mask=attention_mask, position_ids=position_ids,
                                  use_cache=False).last_hidden_state
         return causal_lm.get_output_embeddings()(hidden[label_rows, label_cols]).float()
 
@@ -213,17 +227,34 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
+def _allow_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second Accelerator with another precision. A single
+    process (a notebook, the demo, a test session) may train in fp32 and then in bf16, so its state is reset; a
+    launched multi-process run keeps its state, whose precision comes from the launch configuration."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    if not AcceleratorState._shared_state or PartialState().num_processes > 1:
+        return
+    if AcceleratorState().mixed_precision != mixed_precision:
+        AcceleratorState._reset_state()
+
+
 def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, out: str | Path,
               loss_hook: LossHook | None = None, resume: bool = False, progress: bool = True,
-              pad_id: int = 0) -> SFTResult:
-    """Fine-tunes ``model`` in place (its trainable parameters) on ``examples``; see the module docstring."""
+              pad_id: int = 0, embedding_hook: EmbeddingHook | None = None) -> SFTResult:
+    """Fine-tunes ``model`` in place (its trainable parameters) on ``examples``; see the module docstring.
+
+    ``embedding_hook`` rewrites the input embeddings (``EmbeddingHook``); its trainable weights train with the
+    model's and are trained in place too."""
     out = Path(out)
     if config.precision not in ("bf16", "fp32"):
         raise ValueError(f"unknown precision {config.precision!r}: expected bf16 or fp32")
     if not examples:
         raise ValueError("no training examples")
     loss_hook = loss_hook or cross_entropy_loss
-    accelerator = Accelerator(mixed_precision="bf16" if config.precision == "bf16" else "no",
+    mixed_precision = "bf16" if config.precision == "bf16" else "no"
+    _allow_precision(mixed_precision)
+    accelerator = Accelerator(mixed_precision=mixed_precision,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     # The accumulation depends on the process count, known only once the accelerator exists.
     accum = accumulation_steps(config, accelerator.num_processes)
@@ -237,7 +268,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
     if config.gradient_checkpointing:
         # non-reentrant: gradients reach LoRA weights even though the frozen embeddings' outputs need none
         unwrap_causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lm = LabelPositionLM(model)
+    lm = LabelPositionLM(model, embedding_hook)
     optimiser = torch.optim.AdamW(param_groups(lm, config.weight_decay), lr=config.lr, eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, partial(linear_schedule, warmup=config.warmup_steps, total=total_steps))
@@ -281,7 +312,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
             step = micro_step // accum
             with accelerator.accumulate(lm):
                 logits = lm(batch.input_ids, batch.attention_mask, batch.position_ids, batch.label_rows,
-                            batch.label_cols)
+                            batch.label_cols, batch.histories)
                 losses = loss_hook(logits, batch)
                 if losses.shape != batch.label_tokens.shape:
                     raise ValueError(f"the loss hook returned shape {tuple(losses.shape)}, not one loss per label")
@@ -329,7 +360,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
     bar.close()
     accelerator.wait_for_everyone()
     # DDP wraps without copying: the unwrapped wrapper's model is ``model``, now holding the trained weights.
-    accelerator.unwrap_model(lm).model.eval()
+    accelerator.unwrap_model(lm).eval()
     return SFTResult(log=state.log, steps=state.global_step,
                      tokens_per_second=run_tokens / run_seconds if run_seconds else 0.0)
 
