@@ -34,30 +34,6 @@ def dict_trie(index) -> dict[tuple[int, ...], list[int]]:
     return {prefix: sorted(tokens) for prefix, tokens in table.items()}
 
 
-def hf_search(model, prompts, index, trie, beams: int, pad_id: int, eos_id: int) -> list[list[int]]:
-    from recalign.decode.beam import left_pad
-
-    ids, mask = left_pad(prompts, pad_id)
-    width = ids.shape[1]
-
-    def allowed(_, generated: torch.Tensor) -> list[int]:
-        return trie.get(tuple(generated[width:].tolist()), [eos_id])
-
-    out = model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, num_return_sequences=beams,
-                         do_sample=False, max_new_tokens=index.max_depth, prefix_allowed_tokens_fn=allowed,
-                         pad_token_id=pad_id, eos_token_id=eos_id, length_penalty=1.0, early_stopping=False,
-                         output_scores=True, return_dict_in_generate=True)
-    leaves = []
-    for user in range(len(prompts)):
-        row = []
-        for r in range(beams):
-            seq = out.sequences[user * beams + r, width:].tolist()
-            if eos_id in seq and out.sequences_scores[user * beams + r].item() > -1e6:
-                row.append(index.walk(seq[:seq.index(eos_id) + 1]))
-        leaves.append(row)
-    return leaves
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="Toys_and_Games")
@@ -75,6 +51,7 @@ def main(argv=None) -> int:
 
     from recalign.data import load_dataset
     from recalign.decode import BeamConfig, beam_search
+    from recalign.decode.reference import generate_constrained
     from recalign.eval.protocols import split_histories
     from recalign.index.titles import title_index
     from recalign.llm.backbones import load_backbone
@@ -88,7 +65,7 @@ def main(argv=None) -> int:
     template = get_template("tca4rec")
     histories = split_histories(*dataset.histories("test"))[:args.users]
     prompts = [encode_prompt(tokenizer, template, [dataset.titles[i] for i in h], "games") for h in histories]
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
 
     calls = {"prefill": 0.0, "step": 0.0, "steps": 0}
     forward = model.forward
@@ -105,8 +82,9 @@ def main(argv=None) -> int:
 
     def run(name: str, batch: int) -> list[list[int]]:
         if name == "transformers":
-            return [leaf for s in range(0, len(prompts), batch)
-                    for leaf in hf_search(model, prompts[s:s + batch], index, trie, args.beams, pad, eos)]
+            return [r.leaves for s in range(0, len(prompts), batch)
+                    for r in generate_constrained(model, prompts[s:s + batch], index, args.beams, pad,
+                                                  lambda prefix: trie.get(tuple(prefix), []))]
         ranked = beam_search(model, prompts, index, BeamConfig(num_beams=args.beams, batch_size=batch), pad)
         return [r.leaves for r in ranked]
 

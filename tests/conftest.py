@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 # Tiny models train faster on one thread, and two test processes on 2 cores must not oversubscribe them.
@@ -62,3 +63,19 @@ def rule_dataset(n_users=30, length=8, seed=0, with_valid=False) -> Dataset:
     items = pd.DataFrame({"raw_id": [f"i{i}" for i in range(N_ITEMS)], "title": [f"t{i}" for i in range(N_ITEMS)]})
     valid = table(test_rows if with_valid else [])
     return Dataset(item_table(items), {"train": table(train_rows), "valid": valid, "test": table(test_rows)})
+
+
+def random_catalogue(rng: random.Random, n_items: int, n_tokens: int = 8, longest: int = 5) -> list[list[int]]:
+    """Identifiers over tokens 3 .. 3 + n_tokens - 1 (0-2 stay free for prompts and EOS), with items that share
+    another's identifier and identifiers that are a prefix of another (possibly empty)."""
+    catalogue: list[list[int]] = []
+    for _ in range(n_items):
+        roll = rng.random()
+        if catalogue and roll < 0.2:
+            catalogue.append(list(rng.choice(catalogue)))
+        elif catalogue and roll < 0.35:
+            other = rng.choice(catalogue)
+            catalogue.append(other[:rng.randint(0, len(other))])
+        else:
+            catalogue.append([rng.randrange(3, 3 + n_tokens) for _ in range(rng.randint(1, longest))])
+    return catalogue

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from recalign.decode import BeamConfig, beam_search
+from recalign.decode.reference import generate_constrained
 from recalign.index import ItemIndex
 
 EOS, PAD, VOCAB = 2, 0, 48
@@ -76,33 +77,6 @@ def test_wide_beam_equals_exhaustive_scoring(length_penalty):
             assert sorted(got_items) == list(range(len(items)))  # every item, each once, all real
 
 
-def hf_constrained(model, batch: list[list[int]], index: ItemIndex, beams: int) -> list[list[tuple[int, float]]]:
-    from recalign.decode.beam import left_pad
-
-    ids, mask = left_pad(batch, PAD)
-
-    def allowed(_, generated: torch.Tensor) -> list[int]:
-        tokens = index.allowed_tokens(generated[ids.shape[1]:].tolist())
-        return tokens or [EOS]
-
-    out = model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, num_return_sequences=beams,
-                         do_sample=False, max_new_tokens=index.max_depth, prefix_allowed_tokens_fn=allowed,
-                         pad_token_id=PAD, eos_token_id=EOS, length_penalty=1.0, early_stopping=False,
-                         output_scores=True, return_dict_in_generate=True)
-    results = []
-    for user in range(len(batch)):
-        rows = []
-        for r in range(beams):
-            seq = out.sequences[user * beams + r, ids.shape[1]:].tolist()
-            score = out.sequences_scores[user * beams + r].item()
-            if EOS not in seq or score < -1e6:  # transformers' filler for slots no real beam reached
-                continue
-            leaf = index.walk(seq[:seq.index(EOS) + 1])
-            rows.append((leaf, score))
-        results.append(rows)
-    return results
-
-
 def test_agrees_with_transformers_generate_with_prefix_allowed_tokens():
     model = peaked_llama(3)
     items = catalogue(4, 300)
@@ -110,10 +84,10 @@ def test_agrees_with_transformers_generate_with_prefix_allowed_tokens():
     batch = prompts(5, 6)
     for beams in (4, 10):
         ours = beam_search(model, batch, index, BeamConfig(num_beams=beams, batch_size=4), pad_id=PAD)
-        theirs = hf_constrained(model, batch, index, beams)
+        theirs = generate_constrained(model, batch, index, beams, PAD)
         for mine, reference in zip(ours, theirs):
-            assert mine.leaves == [leaf for leaf, _ in reference]
-            assert mine.scores == pytest.approx([score for _, score in reference], abs=1e-4)
+            assert mine.leaves == reference.leaves
+            assert mine.scores == pytest.approx(reference.scores, abs=1e-4)
             assert all(index.is_leaf(torch.tensor(mine.leaves)))
 
 

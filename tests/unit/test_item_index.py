@@ -8,25 +8,13 @@ import random
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import random_catalogue
 
 from recalign.index import ItemIndex
 
 EOS = 2
 
 
-def random_catalogue(rng: random.Random, n_items: int, vocab: int = 8, longest: int = 5) -> list[list[int]]:
-    tokens = [t for t in range(3, 3 + vocab)]
-    catalogue: list[list[int]] = []
-    for _ in range(n_items):
-        roll = rng.random()
-        if catalogue and roll < 0.2:
-            catalogue.append(list(rng.choice(catalogue)))  # shares another item's identifier
-        elif catalogue and roll < 0.35:
-            other = rng.choice(catalogue)
-            catalogue.append(other[:rng.randint(0, len(other))])  # a prefix of another identifier
-        else:
-            catalogue.append([rng.choice(tokens) for _ in range(rng.randint(1, longest))])
-    return catalogue
 
 
 def prefix_table(catalogue: list[list[int]]) -> dict[tuple[int, ...], set[int]]:
@@ -77,7 +65,7 @@ def test_report_counts_shared_and_prefix_identifiers():
 
 
 def test_children_batch_and_step_agree_with_walk():
-    catalogue = random_catalogue(random.Random(7), 200, vocab=20, longest=6)
+    catalogue = random_catalogue(random.Random(7), 200, n_tokens=20, longest=6)
     index = ItemIndex.from_sequences(catalogue, EOS)
     nodes = torch.arange(index.n_nodes)
     tokens, children, valid = index.children(nodes)

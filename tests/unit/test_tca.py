@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.conftest import random_catalogue
 
 from recalign.align.tca import (
     ReferenceTrie,
@@ -31,18 +32,6 @@ EOS = 2
 VOCAB = 9  # tokens 3..8 name items; 0, 1 are prompt tokens, 2 is EOS
 
 
-def random_catalogue(rng: random.Random, n_items: int, longest: int = 4) -> list[list[int]]:
-    catalogue: list[list[int]] = []
-    for _ in range(n_items):
-        roll = rng.random()
-        if catalogue and roll < 0.2:
-            catalogue.append(list(rng.choice(catalogue)))  # shares another item's identifier
-        elif catalogue and roll < 0.35:
-            other = rng.choice(catalogue)
-            catalogue.append(other[:rng.randint(0, len(other))])  # a prefix of another identifier (maybe empty)
-        else:
-            catalogue.append([rng.randrange(3, VOCAB) for _ in range(rng.randint(1, longest))])
-    return catalogue
 
 
 def every_label(index: ItemIndex, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +61,7 @@ def assert_same_q(got: list[dict[int, float]], expected: list[dict[int, float]],
        spread=st.sampled_from([0.5, 3.0, 12.0, 30.0]), beta=st.sampled_from([0.5, 1.0, 2.0]))
 def test_soft_labels_match_the_reference_loop_and_factorise_the_cf_softmax(seed, n_items, batch, spread, beta):
     rng = random.Random(seed)
-    catalogue = random_catalogue(rng, n_items)
+    catalogue = random_catalogue(rng, n_items, n_tokens=VOCAB - 3, longest=4)
     index = ItemIndex.from_sequences(catalogue, EOS)
     generator = torch.Generator().manual_seed(seed)
     cf_logits = torch.randn(batch, n_items, generator=generator) * spread  # spread 12: the local pass is needed
@@ -151,7 +140,7 @@ def test_labels_beyond_the_identifier_are_refused():
 def tiny_problem(seed: int = 0):
     """Soft labels (float64 q) at every label of a few targets, and random LLM logits over VOCAB tokens."""
     rng = random.Random(seed)
-    catalogue = random_catalogue(rng, 12)
+    catalogue = random_catalogue(rng, 12, n_tokens=VOCAB - 3, longest=4)
     catalogue += [[3, 4, 5], [3, 4, 6], [3, 4, 6]]  # deep nodes with one child (MSL's zero-loss positions)
     index = ItemIndex.from_sequences(catalogue, EOS)
     generator = torch.Generator().manual_seed(seed)
@@ -254,7 +243,7 @@ def hook_batch(index: ItemIndex, config: TCAConfig, targets: list[int], historie
 @pytest.mark.parametrize("faithful", [False, True])
 def test_tca_loss_hook_with_cf_models(model_type, faithful):
     torch.manual_seed(0)
-    catalogue = random_catalogue(random.Random(7), 14) + [[3, 4, 5, 6]]
+    catalogue = random_catalogue(random.Random(7), 14, n_tokens=VOCAB - 3, longest=4) + [[3, 4, 5, 6]]
     index = ItemIndex.from_sequences(catalogue, EOS)
     model = build_model(model_type, len(catalogue), hidden=16, max_len=4).train()
     config = TCAConfig(alpha=0.5, msl=True, faithful_mask=faithful)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .common import console, evaluate_scorers, fail, load_dataset_or_fail, make_protocol, metrics_table, parse_ks
-from .evaluate import ExcludeOption, JsonOption, KOption, NegativesOption, ProtocolOption
+from .evaluate import ExcludeOption, JsonOption, KOption, NegativesOption, ProtocolOption, SplitOption, TrainedOnOption
 
 cf_app = typer.Typer(help="Train and evaluate CF backbones (SASRec, GRU4Rec, BERT4Rec, NextItNet, MF, NCF).",
                      no_args_is_help=True)
@@ -75,9 +75,9 @@ def cf_train(
 
 @cf_app.command("eval")
 def cf_eval(
-    data: Annotated[Path, typer.Option(help="A prepared dataset folder (the catalogue the model was trained on).")],
+    data: TrainedOnOption,
     model_dir: Annotated[Path, typer.Option(help="A folder written by `recalign cf train`.")],
-    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
+    split: SplitOption = "test",
     k: KOption = "1,5,10,20",
     protocol: ProtocolOption = "full",
     negatives: NegativesOption = 19,

@@ -16,6 +16,9 @@ NegativesOption = Annotated[int, typer.Option(help="Sampled protocol: negatives 
 ExcludeOption = Annotated[bool, typer.Option(help="Full protocol: never rank the user's history items.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (metric names like HR@10) instead of a table.")]
 KOption = Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")]
+TrainedOnOption = Annotated[Path, typer.Option("--data", help="A prepared dataset folder (the catalogue the model was "
+                                                              "trained on).")]
+SplitOption = Annotated[str, typer.Option(help="Split to evaluate on.")]
 
 
 def evaluate_command(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .common import console, fail, load_dataset_or_fail, metrics_table, parse_ks
-from .evaluate import JsonOption, KOption
+from .evaluate import JsonOption, KOption, SplitOption, TrainedOnOption
 
 llm_app = typer.Typer(help="Train and evaluate LLM recommenders that generate catalogue items (constrained "
                            "beam search over the item index).", no_args_is_help=True)
@@ -270,9 +270,9 @@ def tca_hook(dataset, recommender, cf_dir: Path | None, out: Path, **settings):
 
 @llm_app.command("eval")
 def llm_eval(
-    data: Annotated[Path, typer.Option(help="A prepared dataset folder (the catalogue the model was trained on).")],
+    data: TrainedOnOption,
     model: Annotated[Path, typer.Option(help="A folder written by `recalign llm train`.")],
-    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
+    split: SplitOption = "test",
     k: KOption = "1,5,10",
     beams: BeamsOption = 10,
     batch_size: Annotated[int, typer.Option(help="Users per forward pass.")] = 8,
