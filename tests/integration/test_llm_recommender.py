@@ -158,6 +158,14 @@ def test_model_selection_keeps_the_best_round_and_resume_does_not_rejudge(tmp_pa
 
 # --- CF features as soft tokens (--use-feature) ---------------------------------------------------------------------
 
+def features(cf_model):
+    from functools import partial
+
+    from recalign.align.features import CFFeatureInjector
+
+    return partial(CFFeatureInjector.for_recommender, cf_model)
+
+
 def untrained_cf(dataset, folder=None):
     from recalign.cf import build_model
 
@@ -175,7 +183,7 @@ def test_feature_prompts_follow_the_reference_layout():
     dataset = rule_dataset()
     config = RecommenderConfig(backbone="tiny", precision="fp32", finetune="full", prompt="tca4rec-feature",
                                max_history=3, use_feature=True)
-    recommender = LLMRecommender.create(dataset, config, untrained_cf(dataset))
+    recommender = LLMRecommender.create(dataset, config, features(untrained_cf(dataset)))
     tokenizer = recommender.tokenizer
     user_id, item_id = (tokenizer.convert_tokens_to_ids(t) for t in ("[UserEmb]", "[ItemEmb]"))
     assert recommender.model.get_input_embeddings().num_embeddings == len(tokenizer) > max(user_id, item_id)
@@ -187,10 +195,11 @@ def test_feature_prompts_follow_the_reference_layout():
     # SmolLM2's tokenizer adds no BOS: [UserEmb] comes first; each placeholder is one id
     assert ids[0] == user_id and ids.count(user_id) == 1 and ids.count(item_id) == 3
     assert tokenizer.decode(ids[ids.index(item_id) - 3:ids.index(item_id) + 1]).endswith('t2"[ItemEmb]')
-    with pytest.raises(ValueError, match="needs a CF model"):
+    with pytest.raises(ValueError, match="use_feature needs a feature hook"):
         LLMRecommender.create(dataset, config)
     with pytest.raises(ValueError, match="item_format holds \\[ItemEmb\\]"):
-        LLMRecommender.create(dataset, RecommenderConfig(backbone="tiny", use_feature=True), untrained_cf(dataset))
+        LLMRecommender.create(dataset, RecommenderConfig(backbone="tiny", use_feature=True),
+                              features(untrained_cf(dataset)))
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])
@@ -208,7 +217,7 @@ def test_a_feature_recommender_reloads_to_identical_recommendations(tmp_path, fi
         backbone = str(tmp_path / "backbone")
     config = RecommenderConfig(backbone=backbone, precision="fp32", finetune=finetune, prompt="tca4rec-feature",
                                max_history=4, use_feature=True)
-    recommender = LLMRecommender.create(dataset, config, untrained_cf(dataset))
+    recommender = LLMRecommender.create(dataset, config, features(untrained_cf(dataset)))
     sft = SFTConfig(epochs=2, batch_size=16, micro_batch_size=16, lr=3e-3, warmup_steps=0, precision="fp32")
     initial = {n: p.detach().clone() for n, p in recommender.feature_injector.named_parameters()}
     sft_train(recommender.model, recommender.examples(dataset, "train", 32), sft, tmp_path / "train", progress=False,

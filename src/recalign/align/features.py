@@ -156,6 +156,15 @@ class CFFeatureInjector(EmbeddingHook):
 
     # persistence --------------------------------------------------------------------------------------------
 
+    @classmethod
+    def for_recommender(cls, cf_model: CFModel, user_token_id: int, item_token_id: int, hidden_size: int,
+                        config) -> CFFeatureInjector:
+        """The ``feature_hook`` of ``LLMRecommender.create``: ``partial(CFFeatureInjector.for_recommender, cf)``.
+        The recommender's config decides whether the MLPs train, how many history items the prompt shows and
+        the seed of their initialisation."""
+        return cls(cf_model, user_token_id, item_token_id, hidden_size, trainable=not config.feature_frozen,
+                   max_history=config.max_history, seed=config.seed)
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """``feature_injector.safetensors`` (the MLPs), ``feature_injector.json`` (the config) and ``cf/`` (the CF
         model, through its own ``save_pretrained``), so the folder answers on its own."""

@@ -149,8 +149,15 @@ def llm_train(
     if align not in ("none", "tca") or (align == "tca" and not cf):
         fail("--align takes 'none' or 'tca', and 'tca' needs --cf DIR (a model from `recalign cf train`)")
     cf_model = load_cf_or_fail(cf, dataset) if use_feature else None
+    feature_hook = None
+    if cf_model is not None:
+        from functools import partial
+
+        from ..align.features import CFFeatureInjector
+
+        feature_hook = partial(CFFeatureInjector.for_recommender, cf_model)
     try:
-        recommender = LLMRecommender.create(dataset, config, cf_model)
+        recommender = LLMRecommender.create(dataset, config, feature_hook)
     except ValueError as exc:
         fail(str(exc))
     if use_feature:

@@ -6,7 +6,10 @@ imports so the decoder does not pull in the training stack.
 
 from __future__ import annotations
 
+import importlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,6 +29,30 @@ class EmbeddingHook(nn.Module):
     def forward(self, embeds: torch.Tensor, input_ids: torch.Tensor,
                 histories: Sequence[Sequence[int]]) -> torch.Tensor:
         raise NotImplementedError
+
+    def save_pretrained(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, directory: Path, dataset=None) -> EmbeddingHook:
+        raise NotImplementedError
+
+
+HOOK_RECORD = "embedding_hook.json"
+
+
+def save_hook(hook: EmbeddingHook, directory: Path) -> None:
+    """The hook's own files, plus which class reads them back: the saved recommender (this package) never has to
+    import the alignment method (a higher package) that defined the hook."""
+    hook.save_pretrained(directory)
+    record = {"class": f"{type(hook).__module__}:{type(hook).__qualname__}"}
+    (Path(directory) / HOOK_RECORD).write_text(json.dumps(record) + "\n")
+
+
+def load_hook(directory: Path, dataset=None) -> EmbeddingHook:
+    record = json.loads((Path(directory) / HOOK_RECORD).read_text())
+    module, name = record["class"].split(":")
+    return getattr(importlib.import_module(module), name).from_pretrained(directory, dataset)
 
 
 def hooked_embeddings(model: nn.Module, input_ids: torch.Tensor, hook: EmbeddingHook,

@@ -7,7 +7,7 @@ reloaded from its spec) or ``model/`` (full fine-tuning, and the random ``tiny``
 
 With ``use_feature`` (TCA4Rec's CF features as soft tokens, ``recalign.align.features``) the tokenizer gains the
 special tokens ``[UserEmb]`` and ``[ItemEmb]``, the embeddings are resized, and the recommender carries a
-``CFFeatureInjector`` (its ``embedding_hook``) built from a frozen CF model. The folder then also holds
+input-embedding hook (``recalign.align.features.CFFeatureInjector`` over a frozen CF model). The folder then also holds
 ``feature_injector.safetensors`` + ``feature_injector.json`` (the MLPs), ``cf/`` (a copy of the CF model) and,
 beside a LoRA adapter, ``placeholder_embeddings.safetensors`` (the new embedding rows, which the adapter does not
 hold).
@@ -19,19 +19,18 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..data import Dataset, catalogue_fingerprint, check_same_catalogue
 from ..index import ItemIndex
 from ..index.titles import title_index
 from .backbones import TINY_SPEC, LoraSettings, apply_lora, load_backbone, torch_dtype
-from .hooks import EmbeddingHook
+from .hooks import EmbeddingHook, load_hook, save_hook
 from .prompts import PLACEHOLDERS, PromptTemplate, encode_prompt, get_template
 from .train import SFTExample
 
-if TYPE_CHECKING:
-    from ..align.features import CFFeatureInjector
-    from ..cf.base import CFModel
+# (placeholder user token id, placeholder item token id, LLM hidden size, config) -> the hook writing those rows
+FeatureHookFactory = Callable[[int, int, int, "RecommenderConfig"], EmbeddingHook]
 
 FINETUNE = ("lora", "full")
 PLACEHOLDER_ROWS = "placeholder_embeddings.safetensors"
@@ -105,7 +104,7 @@ def _fit_embeddings(model: Any, n_tokens: int, mean_resizing: bool = True) -> No
 class LLMRecommender:
     def __init__(self, model: Any, tokenizer: Any, index: ItemIndex, config: RecommenderConfig, titles: list[str],
                  raw_ids: list[str], template: PromptTemplate | None = None,
-                 feature_injector: CFFeatureInjector | None = None):
+                 feature_injector: EmbeddingHook | None = None):
         self.model, self.tokenizer, self.index, self.config = model, tokenizer, index, config
         self.titles, self.raw_ids = titles, raw_ids
         self.template = template or get_template(config.prompt)
@@ -114,26 +113,22 @@ class LLMRecommender:
             raise ValueError("use_feature and a feature injector go together")
 
     @classmethod
-    def create(cls, dataset: Dataset, config: RecommenderConfig, cf_model: CFModel | None = None) -> LLMRecommender:
+    def create(cls, dataset: Dataset, config: RecommenderConfig,
+               feature_hook: FeatureHookFactory | None = None) -> LLMRecommender:
         """A fresh recommender for ``dataset``'s catalogue: the backbone, LoRA if asked, the title index; with
-        ``config.use_feature``, the placeholder tokens and the feature injector over ``cf_model`` (frozen)."""
+        ``config.use_feature``, the placeholder tokens and the embedding hook ``feature_hook`` builds for them
+        (e.g. ``partial(CFFeatureInjector.for_recommender, cf_model)`` from ``recalign.align.features``)."""
         template = get_template(config.prompt)  # before loading the backbone: a bad name fails fast
         check_feature_template(template, config.use_feature)
-        if config.use_feature and cf_model is None:
-            raise ValueError("use_feature needs a CF model")
-        if cf_model is not None and cf_model.n_items != len(dataset.raw_ids):
-            raise ValueError(f"the CF model has {cf_model.n_items} items, the dataset {len(dataset.raw_ids)}")
+        if config.use_feature != (feature_hook is not None):
+            raise ValueError("use_feature needs a feature hook (e.g. CF features over a CF model), and only it")
         model, tokenizer = load_backbone(config.backbone, config.precision, config.seed)
         injector = None
-        if config.use_feature:
-            from ..align.features import CFFeatureInjector
-
+        if feature_hook is not None:
             # Before LoRA: the adapters wrap the resized model. LoRA trains neither embedding matrix, and need not:
-            # the hook overwrites the placeholders' input rows, so only the injector's MLPs learn them.
+            # the hook overwrites the placeholders' input rows, so only the hook's own weights learn them.
             user_id, item_id = add_placeholder_tokens(model, tokenizer, config.seed)
-            injector = CFFeatureInjector(cf_model, user_id, item_id, model.get_input_embeddings().embedding_dim,
-                                         trainable=not config.feature_frozen, max_history=config.max_history,
-                                         seed=config.seed)
+            injector = feature_hook(user_id, item_id, model.get_input_embeddings().embedding_dim, config)
         if config.finetune == "lora":
             model = apply_lora(model, config.lora)
         index = title_index(dataset.titles, tokenizer)
@@ -190,7 +185,7 @@ class LLMRecommender:
             self.model.save_pretrained(directory / "adapter", save_embedding_layers=False)
             _save_placeholder_rows(self.model, self.tokenizer, directory / PLACEHOLDER_ROWS)
         if self.feature_injector is not None:
-            self.feature_injector.save_pretrained(directory)
+            save_hook(self.feature_injector, directory)
         return directory
 
     @classmethod
@@ -225,11 +220,7 @@ class LLMRecommender:
             if merge:
                 model = model.merge_and_unload()
         model.eval()
-        injector = None
-        if config.use_feature:
-            from ..align.features import CFFeatureInjector
-
-            injector = CFFeatureInjector.from_pretrained(directory, dataset)
+        injector = load_hook(directory, dataset) if config.use_feature else None
         return cls(model, tokenizer, ItemIndex.from_pretrained(directory / "index"), config, titles, raw_ids,
                    PromptTemplate(**saved["template"]),  # the saved text, even if the template file changed since
                    injector)
