@@ -145,20 +145,33 @@ def soft_labels(cf_logits: torch.Tensor, index: ItemIndex | TrieTensors, label_e
     child = torch.where(valid, first.unsqueeze(1) + offset, 0)  # padding points at the root: harmless, masked
 
     scores = cf_logits.double()[:, trie.order] / beta  # sorted order: every node is a contiguous range
-    log_q, imprecise = _global_log_q(scores, trie, label_example, node, child)
+    log_q = torch.full(child.shape, -math.inf, dtype=torch.float64, device=child.device)
+    imprecise = torch.zeros(len(node), dtype=torch.bool, device=node.device)
+    # A few labels sit at wide nodes (the root: every first token); padding every label to their width would
+    # multiply the gathers, so narrow and wide labels are computed at their own widths.
+    cum = F.pad(torch.exp(scores - scores.max(1, keepdim=True).values).cumsum(1), (1, 0))
+    for rows in _width_groups(count):
+        width = max(int(count[rows].max()), 1)
+        log_q[rows, :width], imprecise[rows] = _global_log_q(cum, trie, label_example[rows], node[rows],
+                                                             child[rows, :width])
     if bool(imprecise.any()):
         rows = imprecise.nonzero().squeeze(1)
-        log_q[rows] = _local_log_q(scores, trie, label_example[rows], node[rows], child[rows])
+        width = max(int(count[rows].max()), 1)
+        log_q[rows, :width] = _local_log_q(scores, trie, label_example[rows], node[rows], child[rows, :width])
     return SoftLabels(tokens=torch.where(valid, trie.node_token[child], 0),
                       log_q=log_q.masked_fill(~valid, -math.inf).float(), valid=valid,
                       target_child=trie.item_path[item, label_depth + 1] - first)
 
 
-def _global_log_q(scores: torch.Tensor, trie: TrieTensors, example: torch.Tensor, node: torch.Tensor,
+def _width_groups(count: torch.Tensor, narrow: int = 64) -> list[torch.Tensor]:
+    wide = count > narrow
+    return [rows for rows in (torch.nonzero(~wide).squeeze(1), torch.nonzero(wide).squeeze(1)) if len(rows)]
+
+
+def _global_log_q(cum: torch.Tensor, trie: TrieTensors, example: torch.Tensor, node: torch.Tensor,
                   child: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log q from one prefix sum per user, and the rows whose Z(node) is too small for it to be accurate."""
-    shifted = torch.exp(scores - scores.max(1, keepdim=True).values)
-    cum = F.pad(shifted.cumsum(1), (1, 0))  # (B, n + 1): cum[:, k] = mass of sorted positions < k
+    """log q from one prefix sum per user (``cum[:, k]`` = mass of sorted positions < k), and the rows whose
+    Z(node) is too small for it to be accurate."""
     rows = example.unsqueeze(1)
     z_node = cum[example, trie.node_hi[node]] - cum[example, trie.node_lo[node]]
     z_child = cum[rows, trie.node_hi[child]] - cum[rows, trie.node_lo[child]]
