@@ -293,3 +293,26 @@ def test_cli_use_feature_trains_saves_and_answers_on_its_own(tmp_path):
                            (["--use-feature", "--cf", str(tmp_path / "cf"), "--prompt", "chat"], "item_format")):
         bad = runner.invoke(app, [*common, "--out", str(tmp_path / "bad"), *extra])
         assert bad.exit_code == 1 and message in bad.output, bad.output
+
+
+def test_lora_selection_rounds_keep_training_after_a_save_and_bad_settings_fail_early(tmp_path):
+    dataset = rule_dataset()
+    data = tmp_path / "data"
+    dataset.save(data)
+    base = ["llm", "train", "--data", str(data), "--backbone", "tiny", "--precision", "fp32", "--batch-size", "16",
+            "--micro-batch-size", "16", "--max-train-rows", "32", "--eval-split", ""]
+    lora = runner.invoke(app, [*base, "--out", str(tmp_path / "lora"), "--epochs", "2", "--select-every", "1",
+                               "--select-metric", "HR@1", "--select-split", "test"])
+    assert lora.exit_code == 0, lora.output  # saving round 1 (a merged copy) left the adapters in training
+    assert [row["epoch"] for row in json.loads((tmp_path / "lora" / "selection.json").read_text())] == [1, 2]
+    for extra, message in ((["--select-every", "1", "--select-split", "nope"], "is not a split with rows"),
+                           (["--select-every", "1", "--select-metric", "HR@0"], "K >= 1"),
+                           (["--batch-size", "10", "--micro-batch-size", "4"], "not a multiple"),
+                           (["--max-train-rows", "0"], "at least 1")):
+        result = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), *extra])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert not (tmp_path / "bad" / "train").exists()  # refused before any training
+    cf_folder = tmp_path / "cf"
+    untrained_cf(dataset, cf_folder)
+    wrong = runner.invoke(app, ["recommend", "--model", str(cf_folder), "--history", "1,2"])
+    assert wrong.exit_code == 1 and "not a saved LLM recommender" in wrong.output

@@ -146,6 +146,18 @@ def llm_train(
                         warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every)
     except (ValueError, KeyError, TypeError) as exc:
         fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
+    from accelerate import PartialState
+
+    from ..llm.train import accumulation_steps
+
+    try:
+        accumulation_steps(sft, PartialState().num_processes)
+    except ValueError as exc:
+        fail(str(exc))
+    if max_train_rows is not None and max_train_rows < 1:
+        fail("--max-train-rows must be at least 1")
+    if select_every:
+        check_selection(dataset, select_metric, select_split, select_rows)
     if align not in ("none", "tca") or (align == "tca" and not cf):
         fail("--align takes 'none' or 'tca', and 'tca' needs --cf DIR (a model from `recalign cf train`)")
     cf_model = load_cf_or_fail(cf, dataset) if use_feature else None
@@ -171,17 +183,18 @@ def llm_train(
                                          alpha=alpha if align == "tca" else 0.0, beta=beta, tau=tau, msl=msl,
                                          objective=objective, faithful_mask=faithful_mask)
     examples = recommender.examples(dataset, "train", max_train_rows, label_mask)
-    from accelerate import PartialState
-
     main_process = PartialState().is_main_process  # under `accelerate launch` one process saves and evaluates
-    if select_every:
-        result = train_with_selection(recommender, dataset, examples, sft, out, loss_hook, resume, select_every,
-                                      select_metric, select_split, select_rows)
-    else:
-        result = sft_train(recommender.model, examples, sft, out / "train", loss_hook=loss_hook, resume=resume,
-                           pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
-        if main_process:
-            recommender.save_pretrained(out)
+    try:
+        if select_every:
+            result = train_with_selection(recommender, dataset, examples, sft, out, loss_hook, resume, select_every,
+                                          select_metric, select_split, select_rows)
+        else:
+            result = sft_train(recommender.model, examples, sft, out / "train", loss_hook=loss_hook, resume=resume,
+                               pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
+            if main_process:
+                recommender.save_pretrained(out)
+    except ValueError as exc:  # e.g. --resume with other settings than the interrupted run
+        fail(str(exc))
     if not main_process:
         return
     console.print(f"trained on {len(examples):,} rows ({result.tokens_per_second:,.0f} tokens/s); "
@@ -192,6 +205,18 @@ def llm_train(
         record = evaluate_and_report(trained, dataset, eval_split, ks, beams, 8, eval_rows,
                                      f"{backbone} on {data} · {eval_split}")
         (out / f"{eval_split}_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def check_selection(dataset, metric: str, split: str, rows: int | None) -> tuple[int, ...]:
+    """The selection settings, checked before any training: (K,) of ``metric``."""
+    name, _, k = metric.partition("@")
+    if name not in ("HR", "NDCG", "MRR") or not k.isdigit() or int(k) < 1:
+        fail(f"--select-metric takes HR@K, NDCG@K or MRR@K with K >= 1, not {metric!r}")
+    if split not in dataset.examples or dataset.table(split).num_rows == 0:
+        fail(f"--select-split {split!r} is not a split with rows in this dataset ({', '.join(dataset.examples)})")
+    if rows is not None and rows < 1:
+        fail("--select-rows must be at least 1")
+    return (int(k),)
 
 
 def train_with_selection(recommender, dataset, examples, sft, out: Path, loss_hook, resume: bool, every: int,
@@ -208,13 +233,7 @@ def train_with_selection(recommender, dataset, examples, sft, out: Path, loss_ho
     from ..decode.recommend import evaluate_llm
     from ..llm.train import sft_train
 
-    try:
-        name, k = metric.split("@")
-        ks = (int(k),)
-        if name not in ("HR", "NDCG", "MRR"):
-            raise ValueError
-    except ValueError:
-        fail(f"--select-metric takes HR@K, NDCG@K or MRR@K, not {metric!r}")
+    ks = check_selection(dataset, metric, split, rows)
     state = PartialState()
     record_path = out / "selection.json"
     history = json.loads(record_path.read_text()) if resume and record_path.exists() else []
@@ -227,6 +246,9 @@ def train_with_selection(recommender, dataset, examples, sft, out: Path, loss_ho
         result = sft_train(recommender.model, examples, replace(sft, max_steps=epoch * steps_per_epoch),
                            out / "train", loss_hook=loss_hook, resume=resume or bool(history) or epoch != ends[0],
                            pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
+        if result.steps != epoch * steps_per_epoch:  # the checkpoint is past this round: its weights are later ones
+            fail(f"the checkpoint in {out / 'train'} is at step {result.steps}, past the end of epoch {epoch} "
+                 f"({epoch * steps_per_epoch}); resume with the --select-every of the interrupted run")
         if state.is_main_process:
             recommender.model.eval()
             score = evaluate_llm(recommender, dataset, split, ks, BeamConfig(num_beams=ks[0]), rows).metrics[metric]
@@ -297,8 +319,8 @@ def llm_eval(
     dataset = load_dataset_or_fail(data)
     try:
         recommender = LLMRecommender.from_pretrained(model, dataset)
-    except (FileNotFoundError, CatalogueMismatch) as exc:
-        fail(str(exc))
+    except (FileNotFoundError, CatalogueMismatch, KeyError, ValueError) as exc:
+        fail(f"{model}: {exc}")
     record = evaluate_and_report(recommender, dataset, split, ks, beams, batch_size, max_rows,
                                  f"{model} on {data} · {split}", show=not as_json)
     if as_json:
@@ -321,8 +343,8 @@ def recommend_command(
     _quiet_transformers()
     try:
         recommender = LLMRecommender.from_pretrained(model)
-    except FileNotFoundError as exc:
-        fail(str(exc))
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        fail(f"{model}: {exc}")
     tokens = [t.strip() for t in history.split(",") if t.strip()]
     if not tokens:
         fail("--history is empty")

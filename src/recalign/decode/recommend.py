@@ -35,6 +35,9 @@ def recommend(recommender: LLMRecommender, histories: Sequence[Sequence[int]], k
     config = config or BeamConfig(num_beams=k)
     if config.num_beams < k:
         raise ValueError(f"num_beams ({config.num_beams}) must be at least k ({k})")
+    unknown = sorted({int(i) for h in histories for i in h if not 0 <= int(i) < len(recommender.titles)})
+    if unknown:
+        raise ValueError(f"item ids outside the catalogue (0..{len(recommender.titles) - 1}): {unknown[:10]}")
     ranked = beam_search(recommender.model, [recommender.prompt(h) for h in histories], recommender.index, config,
                          recommender.pad_id, recommender.embedding_hook, histories)
     out = []

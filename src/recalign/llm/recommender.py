@@ -15,6 +15,7 @@ hold).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -175,7 +176,10 @@ class LLMRecommender:
         self.tokenizer.save_pretrained(directory / "tokenizer")
         self.index.save_pretrained(directory / "index")
         if self.config.saves_full_model:
-            model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+            # merging rewrites the live model in place (peft); merge a copy so training can go on with its adapters
+            model = self.model
+            if hasattr(model, "merge_and_unload"):
+                model = copy.deepcopy(model).merge_and_unload()
             model.save_pretrained(directory / "model")
         elif self.feature_injector is None:
             self.model.save_pretrained(directory / "adapter")
@@ -200,6 +204,8 @@ class LLMRecommender:
         if not (directory / "config.json").exists():
             raise FileNotFoundError(f"{directory} is not a saved LLM recommender (no config.json)")
         saved = json.loads((directory / "config.json").read_text())
+        if "recommender" not in saved:
+            raise FileNotFoundError(f"{directory} is not a saved LLM recommender (its config.json is another kind)")
         config = RecommenderConfig(**saved["recommender"])
         items = json.loads((directory / "items.json").read_text())
         raw_ids, titles = [row["raw_id"] for row in items], [row["title"] for row in items]
