@@ -193,8 +193,8 @@ class LLMRecommender:
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, dataset: Dataset | None = None,
-                        merge: bool = True) -> LLMRecommender:
+    def from_pretrained(cls, directory: str | Path, dataset: Dataset | None = None, merge: bool = True,
+                        device: str | None = None) -> LLMRecommender:
         """Loads a saved recommender; with ``dataset``, refuses one whose catalogue differs. ``merge`` folds a
         LoRA adapter into the weights, which makes inference as fast as the bare backbone."""
         import torch
@@ -225,8 +225,9 @@ class LLMRecommender:
             model = PeftModel.from_pretrained(base, directory / "adapter")
             if merge:
                 model = model.merge_and_unload()
-        model.eval()
-        injector = load_hook(directory, dataset) if config.use_feature else None
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # decoding is where a GPU pays most
+        model.to(device).eval()
+        injector = load_hook(directory, dataset).to(device) if config.use_feature else None
         return cls(model, tokenizer, ItemIndex.from_pretrained(directory / "index"), config, titles, raw_ids,
                    PromptTemplate(**saved["template"]),  # the saved text, even if the template file changed since
                    injector)
