@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     from recalign.data import load_dataset
     from recalign.decode import BeamConfig
     from recalign.decode.recommend import evaluate_llm
-    from recalign.eval.metrics import confidence_95, per_example, ranking_metrics, ranks_from_scores
+    from recalign.eval.metrics import Z_95, confidence_95, per_example, ranking_metrics, ranks_from_scores
     from recalign.eval.protocols import split_histories
     from recalign.llm.recommender import LLMRecommender, RecommenderConfig
     from recalign.llm.train import SFTConfig, sft_train
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     for name, (metrics, ci) in rows.items():
         table.append(f"| {name} | " + " | ".join(f"{metrics[n]:.4f} ±{ci[n]:.4f}" for n in names) + " |")
     paired = per_example(evaluation.item_ranks, 10)["NDCG@10"] - per_example(sasrec_ranks, 10)["NDCG@10"]
-    paired_ci = 1.96 * paired.std(ddof=1) / np.sqrt(len(paired))
+    paired_ci = Z_95 * paired.std(ddof=1) / np.sqrt(len(paired))
     lenient = evaluation.identifier_metrics
     losses = [row["loss"] for row in result.log]
     text = f"""## A CPU-scale run on {args.dataset} (`benchmarks/llm_toys.py`)

@@ -118,11 +118,8 @@ def _search_batch(model, prompts: list[list[int]], index: ItemIndex, config: Bea
         finished = top_token == index.eos_id
 
         # running beams: the best k candidates that did not just emit EOS
-        keep_score, keep = torch.topk(top_score.masked_fill(finished, NEG_INF), min(k, n_top), dim=1)
-        run_score = _pad_to(keep_score, k, NEG_INF)
-        run_node = _pad_to(top_node.gather(1, keep), k, 0)
-        parent = _pad_to(top_beam.gather(1, keep), k, 0)
-        new_token = _pad_to(top_token.gather(1, keep), k, pad_id)
+        run_score, keep = torch.topk(top_score.masked_fill(finished, NEG_INF), k, dim=1)  # n_top >= k always
+        run_node, parent, new_token = top_node.gather(1, keep), top_beam.gather(1, keep), top_token.gather(1, keep)
 
         # finished beams: EOS among the top k candidates enters the list of k best (length-normalised)
         eligible = finished & (torch.arange(n_top) < k)
@@ -171,9 +168,3 @@ def _reorder(cache, rows: torch.Tensor, shared: int) -> None:
     for layer in layers:
         layer.keys[:, :, shared:] = layer.keys[:, :, shared:].index_select(0, rows)
         layer.values[:, :, shared:] = layer.values[:, :, shared:].index_select(0, rows)
-
-
-def _pad_to(values: torch.Tensor, width: int, fill) -> torch.Tensor:
-    if values.shape[1] == width:
-        return values
-    return torch.cat([values, torch.full((values.shape[0], width - values.shape[1]), fill, dtype=values.dtype)], 1)
