@@ -44,13 +44,14 @@ def main(argv=None) -> int:
     parser.add_argument("--train-steps", type=int, default=8, help="optimiser steps per training arm and round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating plain / TCA training rounds")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cf", type=Path, help="a trained CF model folder of the dataset (default: random SASRec)")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench_tca")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/tca_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
-    from recalign.align.tca import ReferenceTrie, TCAConfig, TCALoss, reference_soft_labels, soft_labels
-    from recalign.cf import build_model
+    from recalign.align.tca import ReferenceTrie, TCAConfig, TCALoss, TrieTensors, reference_soft_labels, soft_labels
+    from recalign.cf import build_model, from_pretrained
     from recalign.data import load_dataset
     from recalign.llm.recommender import LLMRecommender, RecommenderConfig
     from recalign.llm.train import SFTConfig, sft_train
@@ -60,11 +61,18 @@ def main(argv=None) -> int:
     recommender = LLMRecommender.create(dataset, RecommenderConfig(backbone="smollm2-135m", domain="games"))
     index, vocab = recommender.index, len(recommender.tokenizer)
     torch.manual_seed(0)
-    sasrec = build_model("sasrec", dataset.n_items, "tca4rec").eval()
+    if args.cf:
+        sasrec = from_pretrained(args.cf, dataset).eval()
+        cf_text = f"the trained SASRec in `{args.cf.relative_to(REPO) if args.cf.is_relative_to(REPO) else args.cf}`"
+    else:
+        sasrec = build_model("sasrec", dataset.n_items, "tca4rec").eval()
+        cf_text = "a SASRec (`tca4rec` preset) with random weights"
+
     test = dataset.split("test")
     targets = [int(t) for t in test["target"]]
     histories = [tuple(int(i) for i in h) for h in test["history"]]
     trie = ReferenceTrie.from_index(index)
+    tensors = TrieTensors.of(index)  # built once, as the loss hook caches them per device
 
     label_rows = []
     for batch in (4, 16):
@@ -75,7 +83,7 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 logits = sasrec.logits(sasrec.pad([histories[i] for i in range(b * batch, (b + 1) * batch)]))
             t0 = time.perf_counter()
-            ours = soft_labels(logits, index, example, depth, chunk)
+            ours = soft_labels(logits, tensors, example, depth, chunk)
             fast.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             theirs = reference_soft_labels(logits, trie, example, depth, chunk, vocab_size=vocab)
@@ -111,8 +119,8 @@ def main(argv=None) -> int:
 Produced by `{command}` (started {started:%Y-%m-%d %H:%M} UTC) on {machine()}, torch {torch.__version__},
 {args.threads} threads, nothing else heavy running. {args.dataset}: {index.n_items:,} titles under the SmolLM2
 tokenizer ({index.n_nodes:,} trie nodes), labels = every identifier token (EOS included) of the targets of
-consecutive test rows, CF logits from a SASRec (`tca4rec` preset, random weights: the cost does not depend on
-them). Times are medians over {args.label_batches} batches.
+consecutive test rows, CF logits from {cf_text} (the spread of the logits decides how many labels take the
+exact per-node pass). Times are medians over {args.label_batches} batches.
 
 ### Building soft labels: vectorised vs the reference's per-sample trie loop
 

@@ -41,8 +41,11 @@ def every_label(index: ItemIndex, targets: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def as_dicts(labels: SoftLabels) -> list[dict[int, float]]:
-    return [{int(t): float(q) for t, q, v in zip(tokens, qs, valid) if v}
-            for tokens, qs, valid in zip(labels.tokens, labels.q.double(), labels.valid)]
+    out: list[dict[int, float]] = [{} for _ in range(labels.n_labels)]
+    for label, token, q in zip(labels.pair_label.tolist(), labels.tokens.tolist(), labels.q.double().tolist()):
+        assert token not in out[label]
+        out[label][token] = q
+    return out
 
 
 def assert_same_q(got: list[dict[int, float]], expected: list[dict[int, float]], atol: float = 1e-6) -> None:
@@ -71,15 +74,15 @@ def test_soft_labels_match_the_reference_loop_and_factorise_the_cf_softmax(seed,
     labels = soft_labels(cf_logits, index, example, depth, targets, beta)
     assert_same_q(as_dicts(labels), reference_soft_labels(cf_logits, ReferenceTrie.from_index(index), example,
                                                             depth, targets, beta))
-    torch.testing.assert_close(labels.q.double().sum(1), torch.ones(len(example), dtype=torch.float64),
+    torch.testing.assert_close(labels.per_label_sum(labels.q.double()), torch.ones(len(example), dtype=torch.float64),
                                rtol=0, atol=1e-6)
-    gold = labels.tokens.gather(1, labels.target_child.unsqueeze(1)).squeeze(1)
-    assert gold.tolist() == [index.tokens(targets[b])[d] for b, d in zip(example.tolist(), depth.tolist())]
+    gold = [index.tokens(targets[b])[d] for b, d in zip(example.tolist(), depth.tolist())]
+    assert labels.gold_tokens.tolist() == gold
 
     # along a whole identifier the q multiply to the CF softmax mass of the items sharing it (q is accurate in
     # absolute terms: a mass ~1e-20 may come out as 0, so the log-space check is for the masses that matter)
     log_path = torch.zeros(batch, dtype=torch.float64).index_add_(
-        0, example, labels.log_q.gather(1, labels.target_child.unsqueeze(1)).squeeze(1).double())
+        0, example, labels.log_q[labels.gold_pair].double())
     probabilities = torch.softmax(cf_logits.double() / beta, 1)
     same = [[catalogue[i] == catalogue[t] for i in range(n_items)] for t in targets.tolist()]
     mass = (probabilities * torch.tensor(same, dtype=torch.float64)).sum(1)
@@ -118,10 +121,10 @@ def test_underflow_logits_spanning_2000_units():
     expected = reference_soft_labels(cf_logits, ReferenceTrie.from_index(index), example, depth, targets)
     assert_same_q(as_dicts(labels), expected)
     assert not labels.log_q.isnan().any()
-    torch.testing.assert_close(labels.q.double().sum(1), torch.ones(len(example), dtype=torch.float64),
+    torch.testing.assert_close(labels.per_label_sum(labels.q.double()), torch.ones(len(example), dtype=torch.float64),
                                rtol=0, atol=1e-6)
     # below the root each step is a softmax among the node's own items: finite, and exact in log space too
-    gold_log_q = labels.log_q.gather(1, labels.target_child.unsqueeze(1)).squeeze(1)
+    gold_log_q = labels.log_q[labels.gold_pair]
     assert torch.isfinite(gold_log_q[depth > 0]).all()
     assert gold_log_q[(example == 0) & (depth == 1)].item() == pytest.approx(
         math.log((math.exp(-1) + math.exp(-3)) / (1 + math.exp(-1) + math.exp(-3))), abs=1e-6)
@@ -149,18 +152,16 @@ def tiny_problem(seed: int = 0):
     example, depth = every_label(index, targets)
     labels = soft_labels(cf_logits, index, example, depth, targets)
     labels = replace(labels, log_q=labels.log_q.double())  # so the comparison below is to float64 rounding
-    gold = labels.tokens.gather(1, labels.target_child.unsqueeze(1)).squeeze(1)
+    gold = labels.gold_tokens
     logits = torch.randn(len(example), VOCAB, generator=generator, dtype=torch.float64) * 3
     return labels, gold, logits
 
 
 def naive_loss(logits: torch.Tensor, gold: torch.Tensor, labels: SoftLabels, config: TCAConfig) -> torch.Tensor:
     """The formula with dense vocabulary-long vectors."""
-    rows = torch.arange(len(gold)).unsqueeze(1)
-    q = torch.zeros_like(logits)
-    q[rows, labels.tokens] += torch.where(labels.valid, labels.q, 0.0)  # padding adds 0 to token 0
-    allowed = torch.zeros_like(logits, dtype=torch.bool)
-    allowed[rows, labels.tokens] |= labels.valid
+    q = torch.zeros_like(logits).index_put((labels.pair_label, labels.tokens), labels.q, accumulate=True)
+    allowed = torch.zeros_like(logits, dtype=torch.bool).index_put((labels.pair_label, labels.tokens),
+                                                                   torch.tensor(True))
     y = (1 - config.alpha) * F.one_hot(gold, logits.shape[1]).double() + config.alpha * q
     scaled = logits / config.temperature
     if config.msl:
@@ -201,9 +202,8 @@ def test_alpha_zero_is_exactly_cross_entropy(objective):
 @pytest.mark.parametrize("objective", ["reference", "soft_ce"])
 def test_alpha_zero_with_msl_is_the_masked_softmax_loss(objective):
     labels, gold, logits = tiny_problem(2)
-    rows = torch.arange(len(gold)).unsqueeze(1)
-    allowed = torch.zeros_like(logits, dtype=torch.bool)
-    allowed[rows, labels.tokens] |= labels.valid
+    allowed = torch.zeros_like(logits, dtype=torch.bool).index_put((labels.pair_label, labels.tokens),
+                                                                   torch.tensor(True))
     ours, dense = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
     loss = tca_loss(ours, gold, labels, TCAConfig(alpha=0.0, tau=4.5, msl=True, objective=objective))
     msl = F.cross_entropy((dense / 4.5).masked_fill(~allowed, -math.inf), gold, reduction="none")

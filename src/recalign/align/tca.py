@@ -9,11 +9,13 @@ identifier are separate mass under one leaf).
 Vectorised: the item index sorts items so that every node is a range [lo, hi) of sorted positions, so one prefix
 sum per user (float64, shifted by the user's max) gives every Z as a difference. A difference carries an
 absolute rounding error of up to about n_items * eps * Z(root), so q is accurate only where Z(node) is not far
-below Z(root). Rows whose node holds less than 4 n_items eps / Q_TOLERANCE of the user's mass (Z = 0 after
-underflow included: CF logits spread over more than ~745 units) are redone from prefix sums over the node's own
-items, shifted by the node's own max (``_local_log_q``): there the node's best item contributes exactly 1, so
+below Z(root). Labels whose node holds less than 4 n_items eps / Q_TOLERANCE of the user's mass (Z = 0 after
+underflow included: CF logits spread over more than ~745 units) are redone from sums over the node's own items,
+shifted by the node's own max (``_local_log_q``): there the node's best item contributes exactly 1, so
 Z(node) >= 1 and q is exact to rounding whatever the spread. Every q is thus within Q_TOLERANCE (1e-7) in
 absolute terms, usually far closer; a child whose share is below that may come out as q = 0 (log q = -inf).
+Labels and their children are flattened into (label, child) pairs: the root's ~1,000 children and a deep node's
+two cost what they hold, never the widest node's width times the number of labels.
 
 **Soft Label Alignment.** y = (1 - alpha) onehot(gold) + alpha q, and p = softmax(z / tau) over the vocabulary
 (tau = 1) or, with MSL, over the node's children (tau = ``TCAConfig.tau``). The reference's objective is
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -95,12 +97,16 @@ class TrieTensors:
     item_length: torch.Tensor  # identifier tokens, EOS included
     child_ptr: torch.Tensor  # CSR: the children of node n are child_ptr[n] .. child_ptr[n + 1] - 1
     node_token: torch.Tensor
-    node_lo: torch.Tensor  # a node's items are the sorted positions [lo, hi)
-    node_hi: torch.Tensor
+    node_range: torch.Tensor  # (n_nodes, 2): a node's items are the sorted positions [lo, hi)
+    sorted_path: torch.Tensor  # item_path in sorted order: sorted position -> node after d tokens
 
     @classmethod
     def of(cls, index: ItemIndex, device: torch.device | str | None = None) -> TrieTensors:
-        return cls(*(getattr(index, f.name).to(device) for f in fields(cls)))
+        order, item_path = index.order.to(device), index.item_path.to(device)
+        return cls(order=order, item_path=item_path, item_length=index.item_length.to(device),
+                   child_ptr=index.child_ptr.to(device), node_token=index.node_token.to(device),
+                   node_range=torch.stack([index.node_lo, index.node_hi], 1).to(device),
+                   sorted_path=item_path[order].contiguous())
 
     @property
     def n_items(self) -> int:
@@ -109,20 +115,33 @@ class TrieTensors:
 
 @dataclass
 class SoftLabels:
-    """q at each of N labels, over the children of the label's prefix node (padded to the widest node)."""
+    """q at each of N labels over the children of the label's prefix node, flattened into P (label, child) pairs:
+    a label's pairs are consecutive, its children in token order."""
 
-    tokens: torch.Tensor  # (N, C) child tokens in token order; 0 at padding
-    log_q: torch.Tensor  # (N, C) float32; -inf at padding
-    valid: torch.Tensor  # (N, C) bool
-    target_child: torch.Tensor  # (N,) column of the gold token
+    pair_label: torch.Tensor  # (P,) the label a pair belongs to
+    tokens: torch.Tensor  # (P,) the child's token
+    log_q: torch.Tensor  # (P,) float32 (-inf where q underflows)
+    gold_pair: torch.Tensor  # (N,) the pair of the label's own (gold) token
 
     @property
     def q(self) -> torch.Tensor:
         return self.log_q.exp()
 
     @property
+    def n_labels(self) -> int:
+        return self.gold_pair.shape[0]
+
+    @property
     def n_children(self) -> torch.Tensor:
-        return self.valid.sum(1)
+        return torch.bincount(self.pair_label, minlength=self.n_labels)
+
+    @property
+    def gold_tokens(self) -> torch.Tensor:
+        return self.tokens[self.gold_pair]
+
+    def per_label_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """(N,) sums of a (P,) quantity over each label's pairs."""
+        return values.new_zeros(self.n_labels).index_add(0, self.pair_label, values)
 
 
 def soft_labels(cf_logits: torch.Tensor, index: ItemIndex | TrieTensors, label_example: torch.Tensor,
@@ -140,63 +159,62 @@ def soft_labels(cf_logits: torch.Tensor, index: ItemIndex | TrieTensors, label_e
     node = trie.item_path[item, label_depth]
     first = trie.child_ptr[node]
     count = trie.child_ptr[node + 1] - first
-    offset = torch.arange(max(int(count.max()), 1) if len(node) else 1, device=node.device)
-    valid = offset < count.unsqueeze(1)
-    child = torch.where(valid, first.unsqueeze(1) + offset, 0)  # padding points at the root: harmless, masked
+    pair_label = torch.repeat_interleave(torch.arange(len(node), device=node.device), count)
+    start = count.cumsum(0) - count  # each label's first pair
+    child = first[pair_label] + torch.arange(len(pair_label), device=node.device) - start[pair_label]
 
-    scores = cf_logits.double()[:, trie.order] / beta  # sorted order: every node is a contiguous range
-    log_q = torch.full(child.shape, -math.inf, dtype=torch.float64, device=child.device)
-    imprecise = torch.zeros(len(node), dtype=torch.bool, device=node.device)
-    # A few labels sit at wide nodes (the root: every first token); padding every label to their width would
-    # multiply the gathers, so narrow and wide labels are computed at their own widths.
-    cum = F.pad(torch.exp(scores - scores.max(1, keepdim=True).values).cumsum(1), (1, 0))
-    for rows in _width_groups(count):
-        width = max(int(count[rows].max()), 1)
-        log_q[rows, :width], imprecise[rows] = _global_log_q(cum, trie, label_example[rows], node[rows],
-                                                             child[rows, :width])
+    # sorted order, where every node is a range; gathered in float32 (index_select is ~10x slower on float64)
+    scores = cf_logits.float().index_select(1, trie.order).double()
+    if beta != 1.0:
+        scores /= beta
+    log_q, imprecise = _global_log_q(scores, trie, label_example, node, pair_label, child)
     if bool(imprecise.any()):
-        rows = imprecise.nonzero().squeeze(1)
-        width = max(int(count[rows].max()), 1)
-        log_q[rows, :width] = _local_log_q(scores, trie, label_example[rows], node[rows], child[rows, :width])
-    return SoftLabels(tokens=torch.where(valid, trie.node_token[child], 0),
-                      log_q=log_q.masked_fill(~valid, -math.inf).float(), valid=valid,
-                      target_child=trie.item_path[item, label_depth + 1] - first)
+        local = _local_log_q(scores, trie, label_example, label_depth, node, imprecise, start - first,
+                             pair_label)
+        log_q = torch.where(imprecise[pair_label], local, log_q)
+    return SoftLabels(pair_label=pair_label, tokens=trie.node_token[child], log_q=log_q.float(),
+                      gold_pair=start + trie.item_path[item, label_depth + 1] - first)
 
 
-def _width_groups(count: torch.Tensor, narrow: int = 64) -> list[torch.Tensor]:
-    wide = count > narrow
-    return [rows for rows in (torch.nonzero(~wide).squeeze(1), torch.nonzero(wide).squeeze(1)) if len(rows)]
-
-
-def _global_log_q(cum: torch.Tensor, trie: TrieTensors, example: torch.Tensor, node: torch.Tensor,
-                  child: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log q from one prefix sum per user (``cum[:, k]`` = mass of sorted positions < k), and the rows whose
-    Z(node) is too small for it to be accurate."""
-    rows = example.unsqueeze(1)
-    z_node = cum[example, trie.node_hi[node]] - cum[example, trie.node_lo[node]]
-    z_child = cum[rows, trie.node_hi[child]] - cum[rows, trie.node_lo[child]]
+def _global_log_q(scores: torch.Tensor, trie: TrieTensors, example: torch.Tensor, node: torch.Tensor,
+                  pair_label: torch.Tensor, child: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log q per pair from one prefix sum per user, shifted by the user's max, and the labels whose Z(node) is
+    too small for it to be accurate."""
+    n = trie.n_items
+    cum = scores.new_empty(scores.shape[0], n + 1)  # cum[:, k] = mass of sorted positions < k
+    cum[:, 0] = 0
+    torch.exp(scores - scores.max(1, keepdim=True).values, out=cum[:, 1:])
+    flat = cum.cumsum_(1).view(-1)
+    base = example * (n + 1)
+    ends = flat[base.unsqueeze(1) + trie.node_range[node]]
+    z_node = ends[:, 1] - ends[:, 0]
+    ends = flat[base[pair_label].unsqueeze(1) + trie.node_range[child]]
+    z_child = ends[:, 1] - ends[:, 0]
     # A cumsum's k-th entry is off by up to k * eps * (its value); both ends of a difference count, and so do the
     # numerator's and the denominator's errors: 4 n eps Z(root) / Z(node) bounds q's absolute error.
-    imprecise = z_node * Q_TOLERANCE < 4 * trie.n_items * _EPS64 * cum[example, -1]
-    return z_child.log() - z_node.log().unsqueeze(1), imprecise
+    imprecise = z_node * Q_TOLERANCE < 4 * n * _EPS64 * flat[base + n]
+    return (z_child / z_node[pair_label]).log(), imprecise
 
 
-def _local_log_q(scores: torch.Tensor, trie: TrieTensors, example: torch.Tensor, node: torch.Tensor,
-                 child: torch.Tensor) -> torch.Tensor:
-    """log q from prefix sums over each node's own items, shifted by the node's own max (rows padded to the
-    largest node among them): the node's best item adds exactly 1, so Z(node) >= 1 whatever the spread."""
-    lo = trie.node_lo[node]
-    size = trie.node_hi[node] - lo
-    offset = torch.arange(int(size.max()), device=node.device)
-    inside = offset < size.unsqueeze(1)
-    window = scores[example.unsqueeze(1), torch.where(inside, lo.unsqueeze(1) + offset, 0)]
-    window = window.masked_fill(~inside, -math.inf)
-    cum = F.pad(torch.exp(window - window.max(1, keepdim=True).values).cumsum(1), (1, 0))
-    # padding children (the root) fall outside the window: clamped, and masked by the caller
-    start = (trie.node_lo[child] - lo.unsqueeze(1)).clamp(0, len(offset))
-    end = (trie.node_hi[child] - lo.unsqueeze(1)).clamp(0, len(offset))
-    z_child = cum.gather(1, end) - cum.gather(1, start)
-    return z_child.log() - cum.gather(1, size.unsqueeze(1)).log()
+def _local_log_q(scores: torch.Tensor, trie: TrieTensors, example: torch.Tensor, depth: torch.Tensor,
+                 node: torch.Tensor, imprecise: torch.Tensor, pair_of_child: torch.Tensor,
+                 pair_label: torch.Tensor) -> torch.Tensor:
+    """log q per pair (meaningful at the ``imprecise`` labels' pairs) from sums over each node's own items,
+    shifted by the node's own max: the node's best item adds exactly 1, so Z(node) >= 1 whatever the spread.
+    ``pair_of_child[label] + child node id`` is the pair of a label's child."""
+    labels = imprecise.nonzero().squeeze(1)
+    lo, hi = trie.node_range[node[labels]].unbind(1)
+    size = hi - lo
+    segment = torch.repeat_interleave(torch.arange(len(labels), device=node.device), size)  # one per item
+    owner = labels[segment]
+    position = lo[segment] + torch.arange(len(segment), device=node.device) - (size.cumsum(0) - size)[segment]
+    values = scores.view(-1)[example[owner] * trie.n_items + position]
+    top = values.new_full((len(labels),), -math.inf).scatter_reduce(0, segment, values, "amax")
+    weight = torch.exp(values - top[segment])
+    child = trie.sorted_path.view(-1)[position * trie.sorted_path.shape[1] + depth[owner] + 1]
+    z_child = weight.new_zeros(len(pair_label)).index_add_(0, pair_of_child[owner] + child, weight)
+    z_node = weight.new_zeros(len(imprecise)).index_add_(0, owner, weight)
+    return (z_child / z_node[pair_label]).log()
 
 
 # ----- Soft Label Alignment -----------------------------------------------------------------------------------
@@ -205,32 +223,42 @@ def _local_log_q(scores: torch.Tensor, trie: TrieTensors, example: torch.Tensor,
 def tca_loss(logits: torch.Tensor, label_tokens: torch.Tensor, labels: SoftLabels, config: TCAConfig) -> torch.Tensor:
     """Per-label losses (N,) from the LLM's logits at the label positions (N, V) and the labels' q."""
     tau = config.temperature
-    child_logits = logits.gather(1, labels.tokens)
-    if config.msl:
-        masked = (child_logits / tau).masked_fill(~labels.valid, -math.inf)
-        ce = F.cross_entropy(masked, labels.target_child, reduction="none")
+    gold_logit = logits.gather(1, label_tokens.unsqueeze(1)).squeeze(1)
+    # log p_v - log p_gold at each child: whichever softmax p is, its normaliser cancels
+    relative = (logits[labels.pair_label, labels.tokens] - gold_logit[labels.pair_label]) / tau
+    if config.msl:  # the masked softmax's cross-entropy: log sum over the children of exp(relative)
+        ce = _per_label_logsumexp(relative, labels)
     else:
         ce = F.cross_entropy(logits, label_tokens, reduction="none")
-    # log p_v - log p_gold: whichever softmax p is, its normaliser cancels
-    relative = (child_logits - logits.gather(1, label_tokens.unsqueeze(1))) / tau
+    if config.alpha == 0:  # y is the one-hot label: the plain (or MSL) loss, gradients included, bit for bit
+        return ce
     log_target = _log_soft_target(labels, config.alpha)
     if config.objective == "reference":
         # -log sum_v p_v y_v = -log p_gold - log sum_v y_v exp(relative_v)
-        loss = ce - torch.logsumexp(log_target + relative, 1)
+        loss = ce - _per_label_logsumexp(log_target + relative, labels)
     else:
         # -sum_v y_v log p_v with log p_v = relative_v - ce (y's sum is one only up to q's rounding)
         target = log_target.exp()
-        loss = ce * target.sum(1) - (target * relative).sum(1)
+        loss = ce * labels.per_label_sum(target) - labels.per_label_sum(target * relative)
     if config.msl:
         # p = 1 on a lone child; y's rounding ((1 - alpha) + alpha * 1) would otherwise leave ~1e-8
         loss = torch.where(labels.n_children == 1, torch.zeros_like(loss), loss)
     return loss
 
 
+def _per_label_logsumexp(values: torch.Tensor, labels: SoftLabels) -> torch.Tensor:
+    """(N,) log sum exp of a (P,) quantity over each label's pairs; every label has a finite value (its gold
+    pair's), so the shift by the label's max is finite. The shift is a constant to autograd: the gradient is the
+    softmax over the label's pairs, as it should be."""
+    top = values.detach().new_full((labels.n_labels,), -math.inf).scatter_reduce(0, labels.pair_label,
+                                                                                   values.detach(), "amax")
+    return labels.per_label_sum(torch.exp(values - top[labels.pair_label])).log() + top
+
+
 def _log_soft_target(labels: SoftLabels, alpha: float) -> torch.Tensor:
-    """log y over the children, y = (1 - alpha) onehot(gold) + alpha q, kept in log space so tiny q survive."""
-    gold = F.one_hot(labels.target_child, labels.valid.shape[1]).bool()
-    hard = torch.full_like(labels.log_q, _log(1.0 - alpha)).masked_fill(~gold, -math.inf)
+    """log y per pair, y = (1 - alpha) onehot(gold) + alpha q, kept in log space so tiny q survive."""
+    hard = torch.full_like(labels.log_q, -math.inf)
+    hard[labels.gold_pair] = _log(1.0 - alpha)
     return torch.logaddexp(hard, _log(alpha) + labels.log_q)
 
 
@@ -275,8 +303,7 @@ class TCALoss:
 
     def __call__(self, logits: torch.Tensor, batch: LabelBatch) -> torch.Tensor:
         labels = self.soft_labels(batch)
-        gold = labels.tokens.gather(1, labels.target_child.unsqueeze(1)).squeeze(1)
-        if not torch.equal(gold, batch.label_tokens):
+        if not torch.equal(labels.gold_tokens, batch.label_tokens):
             raise ValueError("the batch's labels are not its target items' identifiers in this index")
         return tca_loss(logits, batch.label_tokens, labels, self.config)
 
