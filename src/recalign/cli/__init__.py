@@ -10,6 +10,7 @@ from .data import data_app
 from .demo import demo
 from .evaluate import evaluate_command
 from .llm import llm_app, recommend_command
+from .serve import serve_command
 
 app = typer.Typer(help="recalign: LLM-based generative recommendation aligned with collaborative and semantic "
                        "signals. Each sub-command is one stage of the pipeline; start with `recalign demo`.",
@@ -20,6 +21,7 @@ app.add_typer(llm_app, name="llm")
 app.command("recommend")(recommend_command)
 app.command("eval")(evaluate_command)
 app.command("demo")(demo)
+app.command("serve")(serve_command)
 
 
 def main() -> None:

@@ -29,11 +29,12 @@ class Recommendation:
     score: float
 
 
-def recommend(recommender: LLMRecommender, histories: Sequence[Sequence[int]], k: int = 10,
+def recommend(recommender: LLMRecommender, histories: Sequence[Sequence[int]], k: int | None = 10,
               config: BeamConfig | None = None) -> list[list[Recommendation]]:
-    """The top-``k`` catalogue items for each history (``num_beams`` at least ``k``)."""
-    config = config or BeamConfig(num_beams=k)
-    if config.num_beams < k:
+    """The top-``k`` catalogue items for each history (``num_beams`` at least ``k``); ``k=None``: every item of
+    every generated identifier, best first."""
+    config = config or BeamConfig(num_beams=k or 10)
+    if k is not None and config.num_beams < k:
         raise ValueError(f"num_beams ({config.num_beams}) must be at least k ({k})")
     unknown = sorted({int(i) for h in histories for i in h if not 0 <= int(i) < len(recommender.titles)})
     if unknown:

@@ -1,0 +1,40 @@
+"""``recalign serve``: the REST app over a trained LLM recommender."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import console, fail
+from .llm import ThreadsOption, _quiet_transformers, _threads
+
+
+def serve_command(
+    model: Annotated[Path, typer.Option(help="A folder written by `recalign llm train`.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    beams: Annotated[int, typer.Option(help="Beams for every request; a request's k may be at most this.")] = 10,
+    max_batch: Annotated[int, typer.Option(help="Histories per decoder call (1: no micro-batching).")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a decoder call waits for more requests.")] = 5.0,
+    threads: ThreadsOption = None,
+) -> None:
+    """Serve recommendations over HTTP: POST /recommend, POST /recommend/batch, GET /items/{id}, GET /health;
+    OpenAPI at /openapi.json, interactive docs at /docs."""
+    import uvicorn
+
+    from ..llm.recommender import LLMRecommender
+    from ..serve import ServeSettings, create_app
+
+    _threads(threads)
+    _quiet_transformers()
+    try:
+        recommender = LLMRecommender.from_pretrained(model)
+        app = create_app(recommender, ServeSettings(beams=beams, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                                    model=str(model)))
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        fail(f"{model}: {exc}")
+    console.print(f"serving {model} ({len(recommender.raw_ids):,} items, {beams} beams, micro-batches of up to "
+                  f"{max_batch}) on http://{host}:{port} (docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
