@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 from pathlib import Path
 
 # Tiny models train faster on one thread, and two test processes on 2 cores must not oversubscribe them.
@@ -79,3 +80,10 @@ def random_catalogue(rng: random.Random, n_items: int, n_tokens: int = 8, longes
         else:
             catalogue.append([rng.randrange(3, 3 + n_tokens) for _ in range(rng.randint(1, longest))])
     return catalogue
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (for launched processes' rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -4,7 +4,6 @@ import csv
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ pytest.importorskip("accelerate")
 
 import torch.nn.functional as F  # noqa: E402
 from safetensors import safe_open  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 from recalign.llm.train import (  # noqa: E402
     LabelBatch,
@@ -229,12 +229,6 @@ def test_the_hooks_loss_is_what_gets_optimised(tmp_path):
 
 
 # --- two processes ---------------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):

@@ -10,6 +10,7 @@ from .data import data_app
 from .demo import demo
 from .evaluate import evaluate_command
 from .llm import llm_app, recommend_command
+from .run import list_recipes, run_command
 from .serve import serve_command
 
 app = typer.Typer(help="recalign: LLM-based generative recommendation aligned with collaborative and semantic "
@@ -22,6 +23,8 @@ app.command("recommend")(recommend_command)
 app.command("eval")(evaluate_command)
 app.command("demo")(demo)
 app.command("serve")(serve_command)
+app.command("run")(run_command)
+app.command("recipes")(list_recipes)
 
 
 def main() -> None:

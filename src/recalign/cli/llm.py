@@ -123,10 +123,11 @@ def llm_train(
     """Fine-tune a causal LM to generate the next item's title (SFT, LoRA or full) and save the recommender."""
     _threads(threads)
     _quiet_transformers()
+    from ..decode.selection import Selection, train_with_selection
     from ..llm.backbones import LoraSettings
     from ..llm.prompts import get_template
     from ..llm.recommender import LLMRecommender, RecommenderConfig, check_feature_template
-    from ..llm.train import SFTConfig, sft_train
+    from ..llm.train import SFTConfig, accumulation_steps, launch_state, sft_train
 
     dataset = load_dataset_or_fail(data)
     if dataset.table("train").num_rows == 0:
@@ -146,18 +147,18 @@ def llm_train(
                         warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every)
     except (ValueError, KeyError, TypeError) as exc:
         fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
-    from accelerate import PartialState
-
-    from ..llm.train import accumulation_steps
-
     try:
-        accumulation_steps(sft, PartialState().num_processes)
+        accumulation_steps(sft, launch_state().num_processes)
     except ValueError as exc:
         fail(str(exc))
     if max_train_rows is not None and max_train_rows < 1:
         fail("--max-train-rows must be at least 1")
+    selection = Selection(select_every, select_metric, select_split, select_rows)
     if select_every:
-        check_selection(dataset, select_metric, select_split, select_rows)
+        try:
+            selection.check(dataset)
+        except ValueError as exc:
+            fail(str(exc))
     if align not in ("none", "tca") or (align == "tca" and not cf):
         fail("--align takes 'none' or 'tca', and 'tca' needs --cf DIR (a model from `recalign cf train`)")
     cf_model = load_cf_or_fail(cf, dataset) if use_feature else None
@@ -183,11 +184,11 @@ def llm_train(
                                          alpha=alpha if align == "tca" else 0.0, beta=beta, tau=tau, msl=msl,
                                          objective=objective, faithful_mask=faithful_mask)
     examples = recommender.examples(dataset, "train", max_train_rows, label_mask)
-    main_process = PartialState().is_main_process  # under `accelerate launch` one process saves and evaluates
+    main_process = launch_state().is_main_process  # under `accelerate launch` one process saves and prints
     try:
         if select_every:
-            result = train_with_selection(recommender, dataset, examples, sft, out, loss_hook, resume, select_every,
-                                          select_metric, select_split, select_rows)
+            result = train_with_selection(recommender, dataset, examples, sft, out, selection, loss_hook, resume,
+                                          console.print)
         else:
             result = sft_train(recommender.model, examples, sft, out / "train", loss_hook=loss_hook, resume=resume,
                                pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
@@ -195,75 +196,17 @@ def llm_train(
                 recommender.save_pretrained(out)
     except ValueError as exc:  # e.g. --resume with other settings than the interrupted run
         fail(str(exc))
-    if not main_process:
-        return
-    console.print(f"trained on {len(examples):,} rows ({result.tokens_per_second:,.0f} tokens/s); "
-                  f"recommender saved in {out}")
-    if eval_split:
+    if main_process:
+        console.print(f"trained on {len(examples):,} rows ({result.tokens_per_second:,.0f} tokens/s); "
+                      f"recommender saved in {out}")
+    if eval_split:  # every process decodes its share of the rows
+        launch_state().wait_for_everyone()
         ks = tuple(k for k in (1, 5, 10, 20) if k <= beams)
         trained = LLMRecommender.from_pretrained(out, dataset)
         record = evaluate_and_report(trained, dataset, eval_split, ks, beams, 8, eval_rows,
-                                     f"{backbone} on {data} · {eval_split}")
-        (out / f"{eval_split}_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-
-
-def check_selection(dataset, metric: str, split: str, rows: int | None) -> tuple[int, ...]:
-    """The selection settings, checked before any training: (K,) of ``metric``."""
-    name, _, k = metric.partition("@")
-    if name not in ("HR", "NDCG", "MRR") or not k.isdigit() or int(k) < 1:
-        fail(f"--select-metric takes HR@K, NDCG@K or MRR@K with K >= 1, not {metric!r}")
-    if split not in dataset.examples or dataset.table(split).num_rows == 0:
-        fail(f"--select-split {split!r} is not a split with rows in this dataset ({', '.join(dataset.examples)})")
-    if rows is not None and rows < 1:
-        fail("--select-rows must be at least 1")
-    return (int(k),)
-
-
-def train_with_selection(recommender, dataset, examples, sft, out: Path, loss_hook, resume: bool, every: int,
-                         metric: str, split: str, rows: int | None):
-    """Trains ``every`` epochs at a time; after each round the metric (constrained search with as many beams as
-    its K) is computed on ``split`` and the best model so far is saved in ``out``. Rounds already judged are
-    kept in ``out/selection.json``, so ``--resume`` neither repeats nor re-judges them."""
-    import math
-    from dataclasses import replace
-
-    from accelerate import PartialState
-
-    from ..decode import BeamConfig
-    from ..decode.recommend import evaluate_llm
-    from ..llm.train import sft_train
-
-    ks = check_selection(dataset, metric, split, rows)
-    state = PartialState()
-    record_path = out / "selection.json"
-    history = json.loads(record_path.read_text()) if resume and record_path.exists() else []
-    steps_per_epoch = math.ceil(len(examples) / sft.batch_size)
-    ends = sorted({*range(every, sft.epochs, every), sft.epochs})
-    result = None
-    for epoch in ends:
-        if any(row["epoch"] == epoch for row in history):
-            continue
-        result = sft_train(recommender.model, examples, replace(sft, max_steps=epoch * steps_per_epoch),
-                           out / "train", loss_hook=loss_hook, resume=resume or bool(history) or epoch != ends[0],
-                           pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
-        if result.steps != epoch * steps_per_epoch:  # the checkpoint is past this round: its weights are later ones
-            fail(f"the checkpoint in {out / 'train'} is at step {result.steps}, past the end of epoch {epoch} "
-                 f"({epoch * steps_per_epoch}); resume with the --select-every of the interrupted run")
-        if state.is_main_process:
-            recommender.model.eval()
-            score = evaluate_llm(recommender, dataset, split, ks, BeamConfig(num_beams=ks[0]), rows).metrics[metric]
-            best = max((row[metric] for row in history), default=float("-inf"))
-            history.append({"epoch": epoch, metric: score, "kept": score > best})
-            if score > best:
-                recommender.save_pretrained(out)
-            record_path.write_text(json.dumps(history, indent=2) + "\n")
-            console.print(f"epoch {epoch}: {split} {metric} {score:.4f}" + (" (best so far, saved)" if score > best
-                                                                             else ""))
-        state.wait_for_everyone()
-    if result is None:  # every round was judged before this call: the run had finished
-        result = sft_train(recommender.model, examples, sft, out / "train", loss_hook=loss_hook, resume=True,
-                           pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
-    return result
+                                     f"{backbone} on {data} · {eval_split}", show=main_process)
+        if main_process:
+            (out / f"{eval_split}_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def load_cf_or_fail(cf_dir: Path, dataset):
@@ -321,10 +264,14 @@ def llm_eval(
         recommender = LLMRecommender.from_pretrained(model, dataset)
     except (FileNotFoundError, CatalogueMismatch, KeyError, ValueError) as exc:
         fail(f"{model}: {exc}")
+    from ..llm.train import launch_state
+
+    state = launch_state()  # under `accelerate launch` the rows are shared out
     record = evaluate_and_report(recommender, dataset, split, ks, beams, batch_size, max_rows,
-                                 f"{model} on {data} · {split}", show=not as_json)
-    if as_json:
-        typer.echo(json.dumps({**record["metrics"], **record, "model": str(model)}, indent=2))
+                                 f"{model} on {data} · {split}", show=state.is_main_process and not as_json)
+    if as_json and state.is_main_process:
+        typer.echo(json.dumps({**record["metrics"], **record, "model": str(model), "processes": state.num_processes},
+                              indent=2))
 
 
 def recommend_command(

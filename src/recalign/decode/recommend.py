@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from ..data import Dataset
 from ..eval.metrics import DEFAULT_KS, confidence_95, ranking_metrics
 from ..eval.protocols import split_histories
 from ..llm.recommender import LLMRecommender
+from ..llm.train import launch_state
 from .beam import BeamConfig, Ranked, beam_search
 
 
@@ -84,7 +86,9 @@ class LLMEvaluation:
 def evaluate_llm(recommender: LLMRecommender, dataset: Dataset, split: str = "test", ks=DEFAULT_KS,
                  config: BeamConfig | None = None, max_rows: int | None = None,
                  progress: bool = True) -> LLMEvaluation:
-    """HR/NDCG/MRR@K of the constrained beam search's ranked items on a split's first ``max_rows`` rows."""
+    """HR/NDCG/MRR@K of the constrained beam search's ranked items on a split's first ``max_rows`` rows.
+
+    Under ``accelerate launch`` every process must call it: the rows are shared out and gathered back."""
     config = config or BeamConfig(num_beams=max(ks))
     if config.num_beams < max(ks):
         raise ValueError(f"num_beams ({config.num_beams}) must be at least the largest K ({max(ks)})")
@@ -92,16 +96,22 @@ def evaluate_llm(recommender: LLMRecommender, dataset: Dataset, split: str = "te
     targets = dataset.table(split).column("target").to_numpy().astype(np.int64)
     if max_rows is not None:
         histories, targets = histories[:max_rows], targets[:max_rows]
-    prompts = [recommender.prompt(h) for h in histories]
+    # Under `accelerate launch` each process decodes a contiguous run of whole batches, the very batches one
+    # process would form, and the results are gathered in row order: the metrics are exactly one process's.
+    state = launch_state()
+    starts = np.array_split(np.arange(0, len(histories), config.batch_size), state.num_processes)[state.process_index]
     results: list[Ranked] = []
     started = time.perf_counter()
-    bar = tqdm(total=len(prompts), desc=f"decoding {split}", unit="user", disable=not progress)
-    for start in range(0, len(prompts), config.batch_size):
-        batch = prompts[start:start + config.batch_size]
-        results += beam_search(recommender.model, batch, recommender.index, config, recommender.pad_id,
-                               recommender.embedding_hook, histories[start:start + config.batch_size])
-        bar.update(len(batch))
+    bar = tqdm(total=len(histories), desc=f"decoding {split}", unit="user",
+               disable=not progress or not state.is_main_process)
+    for start in starts.tolist():
+        batch = histories[start:start + config.batch_size]
+        results += beam_search(recommender.model, [recommender.prompt(h) for h in batch], recommender.index, config,
+                               recommender.pad_id, recommender.embedding_hook, batch)
+        bar.update(len(batch) * state.num_processes)
     bar.close()
+    if state.num_processes > 1:
+        results = gather_object(results)
     seconds = time.perf_counter() - started
     item_ranks, leaf_ranks = target_ranks(results, targets, recommender)
     return LLMEvaluation(metrics=ranking_metrics(item_ranks, ks), ci95=confidence_95(item_ranks, ks),

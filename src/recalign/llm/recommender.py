@@ -225,7 +225,10 @@ class LLMRecommender:
             model = PeftModel.from_pretrained(base, directory / "adapter")
             if merge:
                 model = model.merge_and_unload()
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # decoding is where a GPU pays most
+        if device is None:  # decoding is where a GPU pays most; under `accelerate launch`, this process's GPU
+            from .train import launch_state
+
+            device = str(launch_state().device)
         model.to(device).eval()
         injector = load_hook(directory, dataset).to(device) if config.use_feature else None
         return cls(model, tokenizer, ItemIndex.from_pretrained(directory / "index"), config, titles, raw_ids,

@@ -227,6 +227,16 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
+def launch_state():
+    """accelerate's process state, set up as an Accelerator would (``ACCELERATE_USE_CPU`` included): a single
+    process unless started by ``accelerate launch``. Call it rather than a bare ``PartialState()``, which on a
+    machine without GPUs would take a CPU launch for a single process."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def _allow_precision(mixed_precision: str) -> None:
     """accelerate keeps one process-wide state and refuses a second Accelerator with another precision. A single
     process (a notebook, the demo, a test session) may train in fp32 and then in bf16, so its state is reset; a

@@ -1,0 +1,193 @@
+"""The recipe: typed settings for every stage, read from YAML with errors that name the file and the setting.
+
+The stages reuse the library's own configuration dataclasses (``PrepareOptions``, ``TrainConfig``,
+``RecommenderConfig``, ``SFTConfig``, ``TCAConfig``, ``Selection``), so a recipe can set anything the Python API
+can, under the same names.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+from ..align.tca import TCAConfig
+from ..cf import TrainConfig
+from ..data.formats import PrepareOptions
+from ..decode.selection import Selection
+from ..llm.recommender import RecommenderConfig
+from ..llm.train import SFTConfig
+
+PACKAGED = Path(__file__).resolve().parent / "recipes"
+FORMATS = ("synth", "csv", "amazon18", "amazon-raw", "minionerec", "movielens")
+ALIGNMENTS = ("none", "tca")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be run as written; the message names the file and the setting."""
+
+
+@dataclass
+class Synth:
+    users: int = 3000
+    items: int = 1500
+    seed: int = 0
+
+
+@dataclass
+class DataStage:
+    format: str = "synth"  # "synth": the embedded synthetic catalogue; else a `recalign data prepare` format
+    source: str | None = None  # the raw files' folder (relative paths: to the recipe file)
+    synth: Synth = field(default_factory=Synth)
+    prepare: PrepareOptions = field(default_factory=PrepareOptions)
+
+
+@dataclass
+class CFStage:
+    model: str = "sasrec"
+    preset: str | None = None
+    settings: dict = field(default_factory=dict)  # the model's config fields (hidden, dropout, ...)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class LLMStage:
+    recommender: RecommenderConfig = field(default_factory=RecommenderConfig)
+    train: SFTConfig = field(default_factory=SFTConfig)
+    max_train_rows: int | None = None
+    align: str = "none"  # "none" or "tca" (soft labels from the recipe's CF model)
+    tca: TCAConfig = field(default_factory=TCAConfig)  # alpha, beta, msl, tau, objective, faithful_mask
+    selection: Selection = field(default_factory=Selection)
+
+
+@dataclass
+class EvalStage:
+    split: str = "test"
+    rows: int | None = None  # the split's first N rows, for every model alike (None: all)
+    ks: tuple[int, ...] = (1, 5, 10)
+    beams: int = 10
+    batch_size: int = 8  # users per decoder call
+    baselines: tuple[str, ...] = ("popularity", "random", "markov")
+
+
+@dataclass
+class Recipe:
+    name: str
+    description: str = ""
+    data: DataStage = field(default_factory=DataStage)
+    cf: CFStage | None = None
+    llm: LLMStage | None = None
+    eval: EvalStage = field(default_factory=EvalStage)
+    base: Path = Path(".")  # where relative paths in the recipe start (the recipe file's folder)
+
+    def __post_init__(self) -> None:
+        if self.data.format not in FORMATS:
+            raise RecipeError(f"data.format must be one of {', '.join(FORMATS)}, not {self.data.format!r}")
+        if (self.data.format == "synth") == (self.data.source is not None):
+            raise RecipeError("data.source names the raw files of every format but synth, which takes none")
+        if self.llm is not None:
+            if self.llm.align not in ALIGNMENTS:
+                raise RecipeError(f"llm.align must be one of {', '.join(ALIGNMENTS)}, not {self.llm.align!r}")
+            if self.llm.align == "tca" and self.cf is None:
+                raise RecipeError("llm.align: tca needs a cf stage (its soft labels come from the CF model)")
+            if self.llm.recommender.use_feature and self.cf is None:
+                raise RecipeError("llm.recommender.use_feature needs a cf stage (its embeddings are the features)")
+            if self.llm.max_train_rows is not None and self.llm.max_train_rows < 1:
+                raise RecipeError("llm.max_train_rows must be at least 1")
+        if self.eval.beams < max(self.eval.ks):
+            raise RecipeError(f"eval.beams ({self.eval.beams}) must be at least the largest K ({max(self.eval.ks)})")
+
+    def source_path(self) -> Path:
+        source = Path(self.data.source)
+        return source if source.is_absolute() else self.base / source
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """The recipes shipped with recalign, by name (``recalign run NAME``)."""
+    return {path.stem: path for path in sorted(PACKAGED.glob("*.yaml"))}
+
+
+def load_recipe(spec: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """A recipe from a YAML file, or a packaged recipe by name; ``overrides`` are ``dotted.setting=value`` strings
+    (the value read as YAML: ``llm.train.lr=1e-3``, ``cf=null``, ``eval.ks=[1,10]``) applied on top."""
+    import yaml
+
+    path = Path(spec)
+    if not path.exists():
+        if str(spec) in packaged_recipes():
+            path = packaged_recipes()[str(spec)]
+        else:
+            raise RecipeError(f"{spec}: no such recipe file, and not a packaged recipe "
+                              f"({', '.join(packaged_recipes())})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise RecipeError(f"{path}: a recipe is a mapping with at least a name")
+    for override in overrides:
+        setting, equals, text = override.partition("=")
+        if not equals or not setting:
+            raise RecipeError(f"override {override!r} is not of the form dotted.setting=value")
+        *parents, last = setting.split(".")
+        node = raw
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = yaml.safe_load(text)
+    try:
+        return build(Recipe, {**raw, "base": path.resolve().parent}, "")
+    except (RecipeError, ValueError, TypeError) as exc:
+        raise RecipeError(f"{path}: {exc}") from None
+
+
+def build(cls, value, where: str):
+    """``value`` (parsed YAML) as an instance of dataclass ``cls``, checked field by field against its hints."""
+    label = where.rstrip(".") or "the recipe"
+    if not isinstance(value, dict):
+        raise RecipeError(f"{label} must be a mapping, not {value!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise RecipeError(f"{label}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                          f"(known: {', '.join(known)})")
+    missing = [n for n, f in known.items() if n not in value and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise RecipeError(f"{label}: missing {', '.join(missing)}")
+    values = {name: convert(hints[name], item, f"{where}{name}") for name, item in value.items()}
+    try:
+        return cls(**values)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"{label}: {exc}") from None
+
+
+def convert(hint, value, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return convert(hint, value, where)
+    if is_dataclass(hint):
+        return build(hint, value, where + ".")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise RecipeError(f"{where} must be a list, not {value!r}")
+        return tuple(convert(args[0], item, f"{where}[{n}]") for n, item in enumerate(value))
+    if hint is Path:
+        return Path(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    expected = {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,)}.get(hint)
+    if expected and (not isinstance(value, expected) or (hint is not bool and isinstance(value, bool))):
+        raise RecipeError(f"{where} must be {hint.__name__}, not {value!r}")
+    return float(value) if hint is float else value

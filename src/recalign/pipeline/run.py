@@ -1,0 +1,199 @@
+"""Running a recipe: data -> cf -> llm -> eval, each stage in ``RUN_DIR/<stage>-<key>``.
+
+A stage's key hashes its own settings and the keys of the stages it reads, so changing the LLM's learning rate
+reruns the LLM and the evaluation but reuses the data and the CF model. A stage is finished when its folder holds
+``stage.json`` (written last); a finished stage is skipped, an unfinished one is rerun and resumes from the
+checkpoints its training left (CF: per epoch; LLM: every ``checkpoint_every`` steps). ``run.json`` in the run
+folder names the current folder of every stage (for ``recalign serve`` and reports).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from .recipe import Recipe
+
+STAGE_FILE = "stage.json"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    folder: Path
+    skipped: bool  # finished by an earlier run with the same settings
+    seconds: float  # this run's time on it (0 when skipped)
+
+
+def stage_settings(recipe: Recipe) -> dict[str, dict]:
+    """What each stage is made from: its own settings, and for the LLM the alignment it trains with."""
+    settings = {"data": asdict(recipe.data)}
+    if recipe.cf is not None:
+        settings["cf"] = asdict(recipe.cf)
+    if recipe.llm is not None:
+        settings["llm"] = asdict(recipe.llm)
+    settings["eval"] = asdict(recipe.eval)
+    return settings
+
+
+def stage_inputs(recipe: Recipe) -> dict[str, list[str]]:
+    llm_reads_cf = recipe.llm is not None and (recipe.llm.align == "tca" or recipe.llm.recommender.use_feature)
+    return {"data": [], "cf": ["data"], "llm": ["data", "cf"] if llm_reads_cf else ["data"],
+            "eval": [stage for stage in ("data", "cf", "llm") if stage in stage_settings(recipe)]}
+
+
+def stage_keys(recipe: Recipe) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    inputs = stage_inputs(recipe)
+    for stage, settings in stage_settings(recipe).items():
+        payload = json.dumps({"settings": settings, "inputs": {name: keys[name] for name in inputs[stage]}},
+                             sort_keys=True, default=str)
+        keys[stage] = hashlib.sha256(payload.encode()).hexdigest()[:10]
+    return keys
+
+
+def run_recipe(recipe: Recipe, run_dir: str | Path, log: Callable[[str], None] = print,
+               progress: bool = True) -> list[StageOutcome]:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keys = stage_keys(recipe)
+    folders = {stage: run_dir / f"{stage}-{key}" for stage, key in keys.items()}
+    (run_dir / RUN_FILE).write_text(json.dumps(
+        {"recipe": recipe.name, "stages": {stage: folder.name for stage, folder in folders.items()}}, indent=2) + "\n")
+    outcomes = []
+    for stage, folder in folders.items():
+        if (folder / STAGE_FILE).exists():
+            log(f"{stage}: finished earlier with these settings, skipped ({folder})")
+            outcomes.append(StageOutcome(stage, folder, True, 0.0))
+            continue
+        resumed = folder.exists()
+        log(f"{stage}: {'resuming' if resumed else 'running'} in {folder}")
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        STAGES[stage](recipe, folders, log, progress)
+        seconds = time.perf_counter() - started
+        (folder / STAGE_FILE).write_text(json.dumps(
+            {"stage": stage, "key": keys[stage], "settings": stage_settings(recipe)[stage], "seconds": seconds,
+             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2, default=str) + "\n")
+        log(f"{stage}: done in {seconds:.1f} s")
+        outcomes.append(StageOutcome(stage, folder, False, seconds))
+    return outcomes
+
+
+def _dataset(folders: dict[str, Path]):
+    from ..data import load_dataset
+
+    return load_dataset(folders["data"] / "dataset")
+
+
+def run_data(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
+    from ..data.formats import prepare
+    from ..data.synth import write_synthetic
+
+    spec, folder = recipe.data, folders["data"]
+    if spec.format == "synth":
+        summary = write_synthetic(folder / "raw", n_users=spec.synth.users, n_items=spec.synth.items,
+                                  seed=spec.synth.seed)
+        log("synthetic catalogue: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+        dataset, _ = prepare("csv", folder / "raw", spec.prepare)
+    else:
+        dataset, _ = prepare(spec.format, recipe.source_path(), spec.prepare)
+    dataset.save(folder / "dataset")
+    counts = dataset.manifest["counts"]
+    repairs = dataset.manifest.get("repairs") or {}
+    log(f"dataset: {counts['items']:,} items, {counts['users']:,} users, examples "
+        + ", ".join(f"{split} {n:,}" for split, n in counts["examples"].items())
+        + "; repairs: " + (", ".join(f"{kind} {record['count']:,}" for kind, record in repairs.items())
+                           or "none needed"))
+
+
+def run_cf(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
+    import torch
+
+    from ..cf import build_model, train
+
+    spec = recipe.cf
+    dataset = _dataset(folders)
+    model = build_model(spec.model, dataset.n_items, spec.preset, **spec.settings)
+    torch.manual_seed(spec.train.seed)
+    state = train(model, dataset, spec.train, folders["cf"], resume=True, progress=progress)
+    log(f"{spec.model}: best epoch {state.best_epoch} of {state.epoch} (validation NDCG@10 {state.best_score:.4f})")
+
+
+def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
+    from ..align.features import CFFeatureInjector
+    from ..align.tca import TCALoss
+    from ..cf import from_pretrained
+    from ..decode.selection import train_with_selection
+    from ..llm.recommender import LLMRecommender
+    from ..llm.train import sft_train
+
+    spec, out = recipe.llm, folders["llm"]
+    dataset = _dataset(folders)
+    cf_model = from_pretrained(folders["cf"], dataset) if "cf" in folders else None
+    feature_hook = partial(CFFeatureInjector.for_recommender, cf_model) if spec.recommender.use_feature else None
+    recommender = LLMRecommender.create(dataset, spec.recommender, feature_hook)
+    tca = spec.tca if spec.align == "tca" else replace(spec.tca, alpha=0.0)  # MSL / the faithful mask alone
+    loss_hook = None
+    if tca.alpha > 0 or tca.msl or tca.faithful_mask:
+        loss_hook = TCALoss(cf_model if tca.alpha > 0 else None, recommender.index, tca)
+    examples = recommender.examples(dataset, "train", spec.max_train_rows, tca.label_mask)
+    if spec.selection.every:
+        result = train_with_selection(recommender, dataset, examples, spec.train, out, spec.selection, loss_hook,
+                                      resume=True, log=log)
+    else:
+        result = sft_train(recommender.model, examples, spec.train, out / "train", loss_hook=loss_hook, resume=True,
+                           progress=progress, pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
+        recommender.save_pretrained(out)
+    log(f"LLM recommender: {len(examples):,} training rows, {result.steps} optimiser steps, "
+        f"{result.tokens_per_second:,.0f} tokens/s; saved in {out}")
+
+
+def run_eval(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
+    """Every model of the run on the same rows: the baselines and the CF model rank the whole catalogue, the LLM
+    recommender through constrained beam search; results.json holds metrics, 95% intervals and per-row ranks."""
+    from ..cf import from_pretrained
+    from ..decode import BeamConfig
+    from ..decode.recommend import evaluate_llm
+    from ..eval.baselines import make_baseline
+    from ..eval.metrics import confidence_95, ranking_metrics
+    from ..eval.protocols import full_ranking_ranks, split_histories
+    from ..llm.recommender import LLMRecommender
+
+    spec = recipe.eval
+    dataset = _dataset(folders)
+    histories = split_histories(*dataset.histories(spec.split))[:spec.rows]
+    targets = dataset.table(spec.split).column("target").to_numpy().astype(np.int64)[:spec.rows]
+    scorers = {name: make_baseline(name, dataset, recipe.data.synth.seed) for name in spec.baselines}
+    if "cf" in folders:
+        scorers[recipe.cf.model] = from_pretrained(folders["cf"], dataset)
+    ranks = {name: full_ranking_ranks(scorer, histories, targets) for name, scorer in scorers.items()}
+    extra = {}
+    if "llm" in folders:
+        recommender = LLMRecommender.from_pretrained(folders["llm"], dataset)
+        evaluation = evaluate_llm(recommender, dataset, spec.split, spec.ks,
+                                  BeamConfig(num_beams=spec.beams, batch_size=spec.batch_size), spec.rows, progress)
+        name = f"llm ({recipe.llm.recommender.backbone}" + (f" + {recipe.llm.align})" if recipe.llm.align != "none"
+                                                             else ")")
+        ranks[name] = evaluation.item_ranks
+        extra = {"llm_identifier_metrics": evaluation.identifier_metrics,
+                 "llm_users_per_second": evaluation.users_per_second}
+    models = {name: {"metrics": ranking_metrics(r, spec.ks), "ci95": confidence_95(r, spec.ks),
+                     "ranks": [None if not np.isfinite(x) else int(x) for x in r]} for name, r in ranks.items()}
+    results = {"split": spec.split, "n_examples": len(targets), "ks": list(spec.ks),
+               "protocol": "full ranking (baselines, CF); constrained beam search (LLM); pessimistic ties",
+               "models": models, **extra}
+    (folders["eval"] / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(f"evaluation: {len(models)} models on {len(targets):,} {spec.split} rows; {folders['eval'] / 'results.json'}")
+
+
+STAGES = {"data": run_data, "cf": run_cf, "llm": run_llm, "eval": run_eval}
