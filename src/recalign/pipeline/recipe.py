@@ -39,7 +39,7 @@ class Synth:
 @dataclass
 class DataStage:
     format: str = "synth"  # "synth": the embedded synthetic catalogue; else a `recalign data prepare` format
-    source: str | None = None  # the raw files' folder (relative paths: to the recipe file)
+    source: str | None = None  # the raw files' folder (a relative path starts where `recalign run` runs)
     synth: Synth = field(default_factory=Synth)
     prepare: PrepareOptions = field(default_factory=PrepareOptions)
 
@@ -80,7 +80,6 @@ class Recipe:
     cf: CFStage | None = None
     llm: LLMStage | None = None
     eval: EvalStage = field(default_factory=EvalStage)
-    base: Path = Path(".")  # where relative paths in the recipe start (the recipe file's folder)
 
     def __post_init__(self) -> None:
         if self.data.format not in FORMATS:
@@ -98,10 +97,6 @@ class Recipe:
                 raise RecipeError("llm.max_train_rows must be at least 1")
         if self.eval.beams < max(self.eval.ks):
             raise RecipeError(f"eval.beams ({self.eval.beams}) must be at least the largest K ({max(self.eval.ks)})")
-
-    def source_path(self) -> Path:
-        source = Path(self.data.source)
-        return source if source.is_absolute() else self.base / source
 
 
 def packaged_recipes() -> dict[str, Path]:
@@ -139,7 +134,7 @@ def load_recipe(spec: str | Path, overrides: Sequence[str] = ()) -> Recipe:
             node = node[part]
         node[last] = yaml.safe_load(text)
     try:
-        return build(Recipe, {**raw, "base": path.resolve().parent}, "")
+        return build(Recipe, raw, "")
     except (RecipeError, ValueError, TypeError) as exc:
         raise RecipeError(f"{path}: {exc}") from None
 
@@ -180,8 +175,6 @@ def convert(hint, value, where: str):
         if not isinstance(value, list | tuple):
             raise RecipeError(f"{where} must be a list, not {value!r}")
         return tuple(convert(args[0], item, f"{where}[{n}]") for n, item in enumerate(value))
-    if hint is Path:
-        return Path(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
         try:
             return float(value)

@@ -106,7 +106,7 @@ def run_data(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> N
         log("synthetic catalogue: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
         dataset, _ = prepare("csv", folder / "raw", spec.prepare)
     else:
-        dataset, _ = prepare(spec.format, recipe.source_path(), spec.prepare)
+        dataset, _ = prepare(spec.format, Path(spec.source), spec.prepare)
     dataset.save(folder / "dataset")
     counts = dataset.manifest["counts"]
     repairs = dataset.manifest.get("repairs") or {}
