@@ -49,6 +49,16 @@ def test_a_second_run_skips_and_a_changed_setting_reruns_what_depends_on_it(tmp_
     results = json.loads((tmp_path / "run" / stages["eval"] / "results.json").read_text())
     assert set(results["models"]) == {"popularity", "random", "markov", "sasrec", "llm (tiny)"}
     assert results["n_examples"] == 6 and all(len(m["ranks"]) == 6 for m in results["models"].values())
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert all(f"| {name} " in report or f" {name} |" in report for name in results["models"])
+    for plot in ("metrics.png", "training.png", "agreement.png"):
+        assert (tmp_path / "run" / "report" / plot).stat().st_size > 1000
+    hits = {name: [r is not None and r < 5 for r in model["ranks"]] for name, model in results["models"].items()}
+    both = sum(a and b for a, b in zip(hits["sasrec"], hits["llm (tiny)"]))
+    neither = sum(not a and not b for a, b in zip(hits["sasrec"], hits["llm (tiny)"]))
+    assert f"both hit {both}," in report and f"both miss {neither}." in report
+    hr = results["models"]["sasrec"]["metrics"]["HR@5"]
+    assert f"{hr:.4f}" in report.split("| HR@5 |")[1].splitlines()[0]
 
     started = time.perf_counter()
     second = runner.invoke(app, ["run", str(recipe_file), "--run-dir", str(tmp_path / "run")])

@@ -10,7 +10,7 @@ from .data import data_app
 from .demo import demo
 from .evaluate import evaluate_command
 from .llm import llm_app, recommend_command
-from .run import list_recipes, run_command
+from .run import list_recipes, report_command, run_command
 from .serve import serve_command
 
 app = typer.Typer(help="recalign: LLM-based generative recommendation aligned with collaborative and semantic "
@@ -25,6 +25,7 @@ app.command("demo")(demo)
 app.command("serve")(serve_command)
 app.command("run")(run_command)
 app.command("recipes")(list_recipes)
+app.command("report")(report_command)
 
 
 def main() -> None:

@@ -25,6 +25,20 @@ def run_command(
     run_recipe_and_report(recipe, run_dir, set_ or [], threads)
 
 
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder of `recalign run` (it holds run.json).")],
+) -> None:
+    """Write RUN_DIR/report/report.md: metric tables, training curves and CF agreement, with PNG plots."""
+    from ..report import write_report
+
+    if not (run_dir / "run.json").exists():
+        fail(f"{run_dir} is not a run folder of `recalign run` (no run.json)")
+    try:
+        console.print(f"report written to {write_report(run_dir)}")
+    except FileNotFoundError as exc:
+        fail(str(exc))
+
+
 def list_recipes() -> None:
     """The recipes shipped with recalign."""
     from ..pipeline import load_recipe, packaged_recipes
@@ -52,8 +66,11 @@ def run_recipe_and_report(recipe: str, run_dir: Path | None, overrides: list[str
     ks = tuple(results["ks"])
     console.print(metrics_table(f"{loaded.name}: {results['split']}, first {results['n_examples']:,} rows, every model "
                                 "on the same rows (± = 95% interval)", results["models"], ks))
+    from ..report import write_report
+
+    report = write_report(run_dir)
     skipped = [o.stage for o in outcomes if o.skipped]
     console.print(f"stages run: {', '.join(o.stage for o in outcomes if not o.skipped) or 'none'}"
                   + (f"; skipped (finished earlier): {', '.join(skipped)}" if skipped else "")
-                  + f"; results in {outcomes[-1].folder / 'results.json'}")
+                  + f"; results in {outcomes[-1].folder / 'results.json'}; report in {report}")
     return run_dir
