@@ -95,7 +95,7 @@ class TrieTensors:
     order: torch.Tensor  # sorted position -> item id
     item_path: torch.Tensor  # (n_items, max_depth + 1) item id -> node after d tokens
     item_length: torch.Tensor  # identifier tokens, EOS included
-    child_ptr: torch.Tensor  # CSR: the children of node n are child_ptr[n] .. child_ptr[n + 1] - 1
+    child_range: torch.Tensor  # (n_nodes, 2): node n's children are the node ids [first, end), consecutive (BFS)
     node_token: torch.Tensor
     node_range: torch.Tensor  # (n_nodes, 2): a node's items are the sorted positions [lo, hi)
     sorted_path: torch.Tensor  # item_path in sorted order: sorted position -> node after d tokens
@@ -104,7 +104,8 @@ class TrieTensors:
     def of(cls, index: ItemIndex, device: torch.device | str | None = None) -> TrieTensors:
         order, item_path = index.order.to(device), index.item_path.to(device)
         return cls(order=order, item_path=item_path, item_length=index.item_length.to(device),
-                   child_ptr=index.child_ptr.to(device), node_token=index.node_token.to(device),
+                   child_range=torch.stack([index.child_ptr[:-1], index.child_ptr[1:]], 1).to(device),
+                   node_token=index.node_token.to(device),
                    node_range=torch.stack([index.node_lo, index.node_hi], 1).to(device),
                    sorted_path=item_path[order].contiguous())
 
@@ -156,12 +157,14 @@ def soft_labels(cf_logits: torch.Tensor, index: ItemIndex | TrieTensors, label_e
     item = targets[label_example]
     if bool((label_depth >= trie.item_length[item]).any()):
         raise ValueError("a label lies beyond its target's identifier (EOS included)")
-    node = trie.item_path[item, label_depth]
-    first = trie.child_ptr[node]
-    count = trie.child_ptr[node + 1] - first
-    pair_label = torch.repeat_interleave(torch.arange(len(node), device=node.device), count)
+    path = item * trie.item_path.shape[1] + label_depth  # flat positions: one gather beats 2-d indexing here
+    node = trie.item_path.view(-1)[path]
+    first, end = trie.child_range[node].unbind(1)
+    count = end - first
+    pair_label = torch.repeat_interleave(count)  # label n repeated once per child
     start = count.cumsum(0) - count  # each label's first pair
-    child = first[pair_label] + torch.arange(len(pair_label), device=node.device) - start[pair_label]
+    pair_of_child = start - first  # pair_of_child[label] + child node id = the child's pair
+    child = torch.arange(len(pair_label), device=node.device) - pair_of_child[pair_label]
 
     # sorted order, where every node is a range; gathered in float32 (index_select is ~10x slower on float64)
     scores = cf_logits.float().index_select(1, trie.order).double()
@@ -169,11 +172,10 @@ def soft_labels(cf_logits: torch.Tensor, index: ItemIndex | TrieTensors, label_e
         scores /= beta
     log_q, imprecise = _global_log_q(scores, trie, label_example, node, pair_label, child)
     if bool(imprecise.any()):
-        local = _local_log_q(scores, trie, label_example, label_depth, node, imprecise, start - first,
-                             pair_label)
+        local = _local_log_q(scores, trie, label_example, label_depth, node, imprecise, pair_of_child, pair_label)
         log_q = torch.where(imprecise[pair_label], local, log_q)
     return SoftLabels(pair_label=pair_label, tokens=trie.node_token[child], log_q=log_q.float(),
-                      gold_pair=start + trie.item_path[item, label_depth + 1] - first)
+                      gold_pair=pair_of_child + trie.item_path.view(-1)[path + 1])
 
 
 def _global_log_q(scores: torch.Tensor, trie: TrieTensors, example: torch.Tensor, node: torch.Tensor,
