@@ -17,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from recalign.cli import app
+from recalign.data.synth import write_synthetic
 from recalign.pipeline import RecipeError, load_recipe, packaged_recipes, run_recipe, stage_keys
 
 runner = CliRunner()
@@ -83,6 +84,16 @@ def test_stage_keys_follow_their_inputs(tmp_path):
     tca = stage_keys(load_recipe(write(tmp_path, SMALL), ["llm.align=tca"]))
     tca_changed = stage_keys(load_recipe(write(tmp_path, SMALL), ["llm.align=tca", "cf.train.epochs=3"]))
     assert tca["llm"] != keys["llm"] and tca_changed["llm"] != tca["llm"]  # TCA does
+    assert stage_keys(load_recipe(write(tmp_path, SMALL), ["llm.train.checkpoint_every=5"])) == keys
+
+    # a recipe reading files: their content (size, time) is part of the key
+    write_synthetic(tmp_path / "raw", n_users=50, n_items=100)
+    csv_recipe = write(tmp_path, {**SMALL, "data": {"format": "csv", "source": str(tmp_path / "raw")}}, "csv.yaml")
+    before = stage_keys(load_recipe(csv_recipe))
+    items = tmp_path / "raw" / "items.csv"
+    items.write_text(items.read_text() + "\n")
+    after = stage_keys(load_recipe(csv_recipe))
+    assert after["data"] != before["data"] and after["cf"] != before["cf"]
 
 
 @pytest.mark.slow
@@ -129,6 +140,8 @@ def test_recipe_errors_name_the_file_and_the_setting(tmp_path):
         assert message in str(error.value)
     with pytest.raises(RecipeError, match="not of the form"):
         load_recipe(write(tmp_path, SMALL), ["llm.train.lr"])
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(write(tmp_path, SMALL), ["eval.ks=[1,"])
     result = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 1 and "no such recipe file" in result.output
 

@@ -108,7 +108,8 @@ def test_items_endpoint(served):
     client, _ = served
     assert client.get("/items/3").json() == {"item": 3, "raw_id": "i3", "title": "t3"}
     assert client.get("/items/i3", params={"raw": "true"}).json()["item"] == 3
-    for path, params in (("/items/999", {}), ("/items/abc", {}), ("/items/-1", {}), ("/items/i999", {"raw": "true"})):
+    for path, params in (("/items/999", {}), ("/items/abc", {}), ("/items/-1", {}), ("/items/i999", {"raw": "true"}),
+                         ("/items/²", {}), ("/items/" + "9" * 5000, {})):
         response = client.get(path, params=params)
         assert response.status_code == 404 and "no item" in response.json()["detail"]
 

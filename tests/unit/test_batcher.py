@@ -53,12 +53,15 @@ def test_answers_in_order_and_batches_bounded(max_batch):
     assert batcher.stats.calls == len(calls) and batcher.stats.jobs == 12
 
 
-def test_an_error_reaches_the_callers_of_its_call_only():
+@pytest.mark.parametrize("max_batch", [1, 8])
+def test_an_error_reaches_its_own_caller_only(max_batch):
     run, calls, gate = squares_recorder()
-    batcher = MicroBatcher(run, max_batch=1, max_wait=0.0)
+    batcher = MicroBatcher(run, max_batch=max_batch, max_wait=0.01)
     results = asyncio.run(submit_all(batcher, [[2], [-1], [3]], gate))
     assert results[0] == [4] and results[2] == [9]
     assert isinstance(results[1], ValueError)
+    if max_batch > 1:  # the shared call failed, then each submission was run alone
+        assert calls == [[2, -1, 3], [2], [-1], [3]]
 
 
 def test_settings_are_checked():

@@ -102,13 +102,15 @@ def evaluate_llm(recommender: LLMRecommender, dataset: Dataset, split: str = "te
     starts = np.array_split(np.arange(0, len(histories), config.batch_size), state.num_processes)[state.process_index]
     results: list[Ranked] = []
     started = time.perf_counter()
-    bar = tqdm(total=len(histories), desc=f"decoding {split}", unit="user",
-               disable=not progress or not state.is_main_process)
+    mine = sum(len(histories[start:start + config.batch_size]) for start in starts.tolist())
+    bar = tqdm(total=mine, desc=f"decoding {split}" + (f" (process 0 of {state.num_processes})"
+                                                       if state.num_processes > 1 else ""),
+               unit="user", disable=not progress or not state.is_main_process)
     for start in starts.tolist():
         batch = histories[start:start + config.batch_size]
         results += beam_search(recommender.model, [recommender.prompt(h) for h in batch], recommender.index, config,
                                recommender.pad_id, recommender.embedding_hook, batch)
-        bar.update(len(batch) * state.num_processes)
+        bar.update(len(batch))
     bar.close()
     if state.num_processes > 1:
         results = gather_object(results)

@@ -110,7 +110,7 @@ def load_recipe(spec: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     import yaml
 
     path = Path(spec)
-    if not path.exists():
+    if not path.is_file():
         if str(spec) in packaged_recipes():
             path = packaged_recipes()[str(spec)]
         else:
@@ -132,7 +132,10 @@ def load_recipe(spec: str | Path, overrides: Sequence[str] = ()) -> Recipe:
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
-        node[last] = yaml.safe_load(text)
+        try:
+            node[last] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"override {override!r}: the value is not valid YAML ({exc})") from None
     try:
         return build(Recipe, raw, "")
     except (RecipeError, ValueError, TypeError) as exc:

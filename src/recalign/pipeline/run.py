@@ -34,15 +34,33 @@ class StageOutcome:
     seconds: float  # this run's time on it (0 when skipped)
 
 
+NOT_IN_RESULTS = ("checkpoint_every", "log_every")  # LLM training settings that change no weight
+
+
 def stage_settings(recipe: Recipe) -> dict[str, dict]:
-    """What each stage is made from: its own settings, and for the LLM the alignment it trains with."""
-    settings = {"data": asdict(recipe.data)}
+    """What each stage is made from: its own settings (for the LLM, the alignment it trains with), and the files
+    it reads by path (size and modification time), so that changed files are not taken for finished work."""
+    settings = {"data": {**asdict(recipe.data), "files": files_fingerprint(recipe.data.source)}}
     if recipe.cf is not None:
         settings["cf"] = asdict(recipe.cf)
     if recipe.llm is not None:
-        settings["llm"] = asdict(recipe.llm)
+        llm = asdict(recipe.llm)
+        for name in NOT_IN_RESULTS:
+            llm["train"].pop(name)
+        settings["llm"] = {**llm, "files": {"backbone": files_fingerprint(recipe.llm.recommender.backbone),
+                                            "prompt": files_fingerprint(recipe.llm.recommender.prompt)}}
     settings["eval"] = asdict(recipe.eval)
     return settings
+
+
+def files_fingerprint(path: str | None) -> list | None:
+    """(absolute name, size, mtime) of a file, or of every file under a folder; None when ``path`` names no file
+    (a packaged backbone, a hub id, a built-in prompt)."""
+    if path is None or not Path(path).exists():
+        return None
+    root = Path(path).resolve()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
 def stage_inputs(recipe: Recipe) -> dict[str, list[str]]:
@@ -123,10 +141,11 @@ def run_cf(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> Non
 
     spec = recipe.cf
     dataset = _dataset(folders)
+    torch.manual_seed(spec.train.seed)  # the initial weights come from the recipe's seed
     model = build_model(spec.model, dataset.n_items, spec.preset, **spec.settings)
-    torch.manual_seed(spec.train.seed)
     state = train(model, dataset, spec.train, folders["cf"], resume=True, progress=progress)
-    log(f"{spec.model}: best epoch {state.best_epoch} of {state.epoch} (validation NDCG@10 {state.best_score:.4f})")
+    log(f"{spec.model}: best epoch {state.best_epoch} of {state.epoch}"
+        + (f" (validation NDCG@10 {state.best_score:.4f})" if state.best_score >= 0 else ""))
 
 
 def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:

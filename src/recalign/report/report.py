@@ -39,7 +39,8 @@ def write_report(run_dir: str | Path) -> Path:
     agreement = cf_agreement(results, stages, out / "agreement.png")
     if agreement:
         sections += ["## Agreement with the CF model", "", agreement, "", "![agreement](agreement.png)", ""]
-    sections += ["## Stages", "", "| stage | folder | time (s) | finished |", "|---|---|---|---|"]
+    sections += ["## Stages", "", "Times are those of the invocation that finished the stage (a resumed stage's "
+                 "earlier part is not counted).", "", "| stage | folder | time (s) | finished |", "|---|---|---|---|"]
     sections += [f"| {stage} | `{folders[stage].name}` | {record['seconds']:.1f} | {record['finished']} |"
                  for stage, record in stages.items()]
     (out / "report.md").write_text("\n".join(sections) + "\n")
@@ -93,12 +94,15 @@ def training_curves(folders: dict[str, Path], path: Path) -> list[str]:
             ax.plot(frame["epoch"], frame["loss"], label="training loss")
             ax.set_xlabel("epoch")
             ax.set_ylabel("training loss (blue)")
-            twin = ax.twinx()
-            twin.plot(frame["epoch"], frame["valid_NDCG@10"], color="tab:orange")
-            twin.set_ylabel("validation NDCG@10 (orange)")
-            best = frame.loc[frame["valid_NDCG@10"].idxmax()]
-            lines.append(f"- CF model: {len(frame)} epochs, best validation NDCG@10 {best['valid_NDCG@10']:.4f} at "
-                         f"epoch {int(best['epoch'])}.")
+            if "valid_NDCG@10" in frame:  # absent when the dataset has no validation rows
+                twin = ax.twinx()
+                twin.plot(frame["epoch"], frame["valid_NDCG@10"], color="tab:orange")
+                twin.set_ylabel("validation NDCG@10 (orange)")
+                best = frame.loc[frame["valid_NDCG@10"].idxmax()]
+                lines.append(f"- CF model: {len(frame)} epochs, best validation NDCG@10 {best['valid_NDCG@10']:.4f} "
+                             f"at epoch {int(best['epoch'])}.")
+            else:
+                lines.append(f"- CF model: {len(frame)} epochs, no validation rows (the last epoch is kept).")
             ax.set_title("CF model")
         else:
             ax.plot(frame["step"], frame["loss"], alpha=0.4, label="loss per step")

@@ -38,7 +38,7 @@ class RecommendRequest(BaseModel):
     history: list[ItemRef] = Field(min_length=1, description="The user's items, oldest first.")
     k: int | None = Field(None, ge=1, description="How many items to return: at most the server's beams, which is "
                                                   "the default.")
-    exclude: list[ItemRef] = Field(default_factory=list, description="Items never to return.")
+    exclude: list[ItemRef] = Field(default_factory=list, max_length=10_000, description="Items never to return.")
     exclude_history: bool = Field(False, description="Never return an item of the history.")
 
 
@@ -147,7 +147,8 @@ def create_app(recommender: LLMRecommender, settings: ServeSettings | None = Non
     @app.get("/items/{item_id}", response_model=ItemResponse)
     async def item(item_id: str, raw: bool = Query(False, description="item_id is the dataset's raw id")):
         """One catalogue item by recalign id (or raw id with ?raw=true)."""
-        found = catalogue.by_raw.get(item_id) if raw else (int(item_id) if item_id.isdigit() else None)
+        found = catalogue.by_raw.get(item_id) if raw else (int(item_id) if item_id.isascii() and item_id.isdigit()
+                                                             and len(item_id) < 19 else None)
         if found is None or found >= len(catalogue.raw_ids):
             raise HTTPException(404, f"no item {item_id!r}" + (" (raw id)" if raw else
                                                               f" (item ids are 0..{len(catalogue.raw_ids) - 1})"))

@@ -74,20 +74,32 @@ class MicroBatcher(Generic[Job, Result]):
                 try:  # whatever queued while the last call ran is taken at once; then wait up to the deadline
                     batch.append(self._queue.get_nowait() if not self._queue.empty() else
                                  await asyncio.wait_for(self._queue.get(), max(deadline - loop.time(), 0)))
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     break
                 size += len(batch[-1][0])
-            jobs = [job for submitted, _ in batch for job in submitted]
             try:
-                results = await loop.run_in_executor(self._executor, self.run, jobs)
-            except Exception as exc:  # the callers get the error; the loop serves the next batch
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            self.stats.record(len(jobs))
-            start = 0
-            for submitted, future in batch:
-                if not future.done():  # a caller that went away (client disconnect) cancelled its future
-                    future.set_result(results[start:start + len(submitted)])
-                start += len(submitted)
+                await self._answer(batch)
+            except Exception as exc:  # the loop always goes on to the next batch
+                if len(batch) == 1:
+                    _fail(batch[0][1], exc)
+                    continue
+                for submission in batch:  # each alone, so that one bad job fails only its own caller
+                    try:
+                        await self._answer([submission])
+                    except Exception as alone:
+                        _fail(submission[1], alone)
+
+    async def _answer(self, batch: list) -> None:
+        jobs = [job for submitted, _ in batch for job in submitted]
+        results = await asyncio.get_running_loop().run_in_executor(self._executor, self.run, jobs)
+        self.stats.record(len(jobs))
+        start = 0
+        for submitted, future in batch:
+            if not future.done():  # a caller that went away (client disconnect) cancelled its future
+                future.set_result(results[start:start + len(submitted)])
+            start += len(submitted)
+
+
+def _fail(future: asyncio.Future, exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)
