@@ -137,7 +137,7 @@ over the trie's valid next tokens at tau {args.tau:g}. No model selection (one e
 ± is the 95% interval over test rows; the paired column is the mean per-row NDCG@10 difference with its 95% interval.
 Ranks are item-level and pessimistic (items sharing the generated title rank together, the target last).
 
-{chr(10).join(sections)}
+{(chr(10) * 2).join(sections)}
 
 At this budget ({args.train_rows:,} rows, one epoch, a 135M model) the intervals are wide: read the paired column,
 not the order of the means.
