@@ -42,7 +42,7 @@ def run_arm(arm: str, dataset, cf_model, args, out: Path) -> dict:
                                seed=args.seed)
     recommender = LLMRecommender.create(dataset, config)
     tca = TCAConfig(alpha=alpha, msl=msl, tau=args.tau)
-    hook = TCALoss(cf_model if alpha > 0 else None, recommender.index, tca) if alpha > 0 or msl else None
+    hook = TCALoss.for_config(cf_model, recommender.index, tca)
     examples = recommender.examples(dataset, "train", args.train_rows, tca.label_mask)
     sft = SFTConfig(epochs=args.epochs, batch_size=16, micro_batch_size=4, lr=args.lr, precision="bf16",
                     seed=args.seed, checkpoint_every=10)

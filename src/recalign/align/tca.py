@@ -286,6 +286,14 @@ class TCALoss:
         self.index = index
         self._tries: dict[torch.device, TrieTensors] = {}
 
+    @classmethod
+    def for_config(cls, cf_model: CFModel | None, index: ItemIndex, config: TCAConfig) -> TCALoss | None:
+        """The hook ``config`` calls for: None when its loss is plain cross-entropy (alpha 0 without MSL; the
+        faithful mask acts through the examples' label masks), and the CF model only when alpha > 0."""
+        if config.alpha == 0 and not config.msl:
+            return None
+        return cls(cf_model if config.alpha > 0 else None, index, config)
+
     @torch.no_grad()
     def cf_logits(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
         """(B, n_items) float32 CF scores of the histories (dataset item ids); flat without a CF model (alpha = 0,

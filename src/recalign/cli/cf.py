@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from .common import console, evaluate_scorers, fail, load_dataset_or_fail, make_protocol, metrics_table, parse_ks
+from .common import (
+    ThreadsOption,
+    console,
+    evaluate_scorers,
+    fail,
+    load_dataset_or_fail,
+    make_protocol,
+    metrics_table,
+    parse_ks,
+    set_threads,
+)
 from .evaluate import ExcludeOption, JsonOption, KOption, NegativesOption, ProtocolOption, SplitOption, TrainedOnOption
 
 cf_app = typer.Typer(help="Train and evaluate CF backbones (SASRec, GRU4Rec, BERT4Rec, NextItNet, MF, NCF).",
@@ -56,13 +66,10 @@ def cf_train(
     patience: Annotated[int, typer.Option(help="Epochs without a better valid NDCG@10 before stopping.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, sampling and dropout.")] = 42,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Train a CF model with early stopping on validation NDCG@10, checkpointing every epoch."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     overrides = dict(hidden=hidden, max_len=max_len, dropout=dropout, loss=loss, positions=positions)
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                          seed=seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -10,6 +11,22 @@ from rich.table import Table
 
 console = Console()
 err = Console(stderr=True)
+ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
+
+
+def quiet_transformers() -> None:
+    """transformers' per-load progress bars and advice would bury the command's own output (and break --json)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def fail(message: str) -> None:

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from .common import console, fail, load_dataset_or_fail, metrics_table, parse_ks
+from .common import (
+    ThreadsOption,
+    console,
+    fail,
+    load_dataset_or_fail,
+    metrics_table,
+    parse_ks,
+    quiet_transformers,
+    set_threads,
+)
 from .evaluate import JsonOption, KOption, SplitOption, TrainedOnOption
 
 llm_app = typer.Typer(help="Train and evaluate LLM recommenders that generate catalogue items (constrained "
@@ -18,22 +27,6 @@ BackboneOption = Annotated[str, typer.Option(help="'smollm2-135m' (offline, from
                                                   "(random, for tests), a Hugging Face hub id or a local path.")]
 BeamsOption = Annotated[int, typer.Option(help="Beams of the constrained search (at least the largest K).")]
 RowsOption = Annotated[int | None, typer.Option(help="Evaluate only the split's first N rows.")]
-ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
-
-
-def _quiet_transformers() -> None:
-    """transformers' per-load progress bars and advice would bury the command's own output (and break --json)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
-def _threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def evaluation_record(evaluation, split: str, ks, beams: int) -> dict:
@@ -121,8 +114,8 @@ def llm_train(
     threads: ThreadsOption = None,
 ) -> None:
     """Fine-tune a causal LM to generate the next item's title (SFT, LoRA or full) and save the recommender."""
-    _threads(threads)
-    _quiet_transformers()
+    set_threads(threads)
+    quiet_transformers()
     from ..decode.selection import Selection, train_with_selection
     from ..llm.backbones import LoraSettings
     from ..llm.prompts import get_template
@@ -242,7 +235,7 @@ def tca_hook(dataset, recommender, cf_dir: Path | None, out: Path, **settings):
     record = {"method": "tca" if cf_model else "none", **asdict(config), "cf": str(cf_dir) if cf_dir else None,
               "cf_model": cf_model.model_type if cf_model else None}
     (out / "alignment.json").write_text(json.dumps(record, indent=2) + "\n")
-    return TCALoss(cf_model, recommender.index, config), config.label_mask
+    return TCALoss.for_config(cf_model, recommender.index, config), config.label_mask
 
 
 @llm_app.command("eval")
@@ -258,8 +251,8 @@ def llm_eval(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate an LLM recommender: HR, NDCG and MRR at each K of its constrained beam search."""
-    _threads(threads)
-    _quiet_transformers()
+    set_threads(threads)
+    quiet_transformers()
     from ..data import CatalogueMismatch
     from ..llm.recommender import LLMRecommender
 
@@ -292,7 +285,7 @@ def recommend_command(
     from ..decode.recommend import recommend
     from ..llm.recommender import LLMRecommender
 
-    _quiet_transformers()
+    quiet_transformers()
     try:
         recommender = LLMRecommender.from_pretrained(model)
     except (FileNotFoundError, KeyError, ValueError) as exc:

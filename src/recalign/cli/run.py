@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .common import console, fail, metrics_table
-from .llm import ThreadsOption, _quiet_transformers, _threads
+from .common import ThreadsOption, console, fail, metrics_table, quiet_transformers, set_threads
 
 
 def run_command(
@@ -50,8 +49,8 @@ def list_recipes() -> None:
 def run_recipe_and_report(recipe: str, run_dir: Path | None, overrides: list[str], threads: int | None) -> Path:
     from ..pipeline import RecipeError, load_recipe, run_recipe
 
-    _threads(threads)
-    _quiet_transformers()
+    set_threads(threads)
+    quiet_transformers()
     try:
         loaded = load_recipe(recipe, overrides)
     except RecipeError as exc:

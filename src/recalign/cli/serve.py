@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import console, fail
-from .llm import ThreadsOption, _quiet_transformers, _threads
+from .common import ThreadsOption, console, fail, quiet_transformers, set_threads
 
 
 def serve_command(
@@ -27,8 +26,8 @@ def serve_command(
     from ..llm.recommender import LLMRecommender
     from ..serve import ServeSettings, create_app
 
-    _threads(threads)
-    _quiet_transformers()
+    set_threads(threads)
+    quiet_transformers()
     try:
         recommender = LLMRecommender.from_pretrained(model)
         app = create_app(recommender, ServeSettings(beams=beams, max_batch=max_batch, max_wait_ms=max_wait_ms,

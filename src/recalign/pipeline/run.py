@@ -162,9 +162,7 @@ def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> No
     feature_hook = partial(CFFeatureInjector.for_recommender, cf_model) if spec.recommender.use_feature else None
     recommender = LLMRecommender.create(dataset, spec.recommender, feature_hook)
     tca = spec.tca if spec.align == "tca" else replace(spec.tca, alpha=0.0)  # MSL / the faithful mask alone
-    loss_hook = None
-    if tca.alpha > 0 or tca.msl or tca.faithful_mask:
-        loss_hook = TCALoss(cf_model if tca.alpha > 0 else None, recommender.index, tca)
+    loss_hook = TCALoss.for_config(cf_model, recommender.index, tca)
     examples = recommender.examples(dataset, "train", spec.max_train_rows, tca.label_mask)
     if spec.selection.every:
         result = train_with_selection(recommender, dataset, examples, spec.train, out, spec.selection, loss_hook,
