@@ -204,7 +204,7 @@ def test_feature_prompts_follow_the_reference_layout():
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_a_feature_recommender_reloads_to_identical_recommendations(tmp_path, finetune):
-    """full: the tiny backbone saved whole; lora: a local backbone folder, so the adapter path (placeholder rows
+    """full: the tiny backbone saved whole; lora: a local backbone folder, so the adapter path (added rows
     saved beside the adapter) is exercised."""
     from recalign.llm.backbones import load_backbone
 
@@ -225,7 +225,7 @@ def test_a_feature_recommender_reloads_to_identical_recommendations(tmp_path, fi
     assert not torch.equal(recommender.feature_injector.item_mlp[0].weight, initial["item_mlp.0.weight"])
     out = recommender.save_pretrained(tmp_path / "saved")
     assert (out / "feature_injector.safetensors").exists() and (out / "cf" / "config.json").exists()
-    assert (out / "adapter").exists() == (out / "placeholder_embeddings.safetensors").exists() == (finetune == "lora")
+    assert (out / "adapter").exists() == (out / "added_token_embeddings.safetensors").exists() == (finetune == "lora")
     if finetune == "lora":  # the adapter holds LoRA weights only, not the resized embedding matrices
         from safetensors import safe_open
 

@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from recalign.cache import cache_dir  # noqa: E402
 from recalign.llm import backbones  # noqa: E402
 from recalign.llm.backbones import (  # noqa: E402
     LoraSettings,
@@ -154,9 +155,9 @@ def test_unwrap_refuses_a_module_without_decoder_and_head():
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "c"))
-    assert backbones.cache_dir() == tmp_path / "c"
+    assert cache_dir() == tmp_path / "c"
     monkeypatch.delenv("RECALIGN_CACHE")
-    assert backbones.cache_dir() == Path.home() / ".cache" / "recalign"
+    assert cache_dir() == Path.home() / ".cache" / "recalign"
 
 
 def fake_convert(gguf, out: Path, text="mine"):

@@ -298,3 +298,22 @@ def test_faithful_mask_trains_what_the_reference_trains():
     assert batch.label_depth.tolist() == [0, 1]
     assert batch.label_tokens.tolist() == [3, 4]
     assert batch.label_cols.tolist() == [2, 3]
+
+
+def test_rows_without_a_target_item_get_plain_cross_entropy():
+    """A semantic-ID recommender's auxiliary tasks (item -1) mixed with identifier rows: the former get plain
+    cross-entropy, the latter exactly what a batch of them alone gets."""
+    torch.manual_seed(1)
+    catalogue = random_catalogue(random.Random(3), 10, n_tokens=VOCAB - 3, longest=4)
+    index = ItemIndex.from_sequences(catalogue, EOS)
+    hook = TCALoss(build_model("sasrec", len(catalogue), hidden=16, max_len=4), index, TCAConfig(alpha=0.5))
+    aligned = [SFTExample([0, 1, 1], index.tokens(t), item=t, history=h) for t, h in ((2, (1, 3)), (7, (4,)))]
+    auxiliary = [SFTExample([0, 2], [5, 6, EOS]), SFTExample([1, 1, 1], [4, EOS])]
+    mixed = collate([auxiliary[0], aligned[0], auxiliary[1], aligned[1]], pad_id=0)
+    logits = torch.randn(len(mixed.label_tokens), VOCAB)
+    loss = hook(logits, mixed)
+    is_aligned = mixed.items[mixed.label_example] >= 0
+    torch.testing.assert_close(loss[~is_aligned], F.cross_entropy(logits[~is_aligned],
+                                                                  mixed.label_tokens[~is_aligned], reduction="none"))
+    alone = collate(aligned, pad_id=0)
+    torch.testing.assert_close(loss[is_aligned], hook(logits[is_aligned], alone))

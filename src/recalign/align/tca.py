@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -312,10 +312,34 @@ class TCALoss:
                            batch.items, self.config.beta)
 
     def __call__(self, logits: torch.Tensor, batch: LabelBatch) -> torch.Tensor:
+        """Per-label losses. Rows without a target item (``item`` -1: a semantic-ID recommender's auxiliary tasks,
+        whose targets are not identifiers of the index) get plain cross-entropy."""
+        aligned = batch.items[batch.label_example] >= 0
+        if bool(aligned.all()):
+            return self._aligned_loss(logits, batch)
+        loss = F.cross_entropy(logits, batch.label_tokens, reduction="none")
+        if bool(aligned.any()):
+            loss = loss.clone()
+            loss[aligned] = self._aligned_loss(logits[aligned], _rows_with_items(batch, aligned))
+        return loss
+
+    def _aligned_loss(self, logits: torch.Tensor, batch: LabelBatch) -> torch.Tensor:
         labels = self.soft_labels(batch)
         if not torch.equal(labels.gold_tokens, batch.label_tokens):
             raise ValueError("the batch's labels are not its target items' identifiers in this index")
         return tca_loss(logits, batch.label_tokens, labels, self.config)
+
+
+def _rows_with_items(batch: LabelBatch, aligned: torch.Tensor) -> LabelBatch:
+    """The labels of ``aligned`` and their rows alone, rows renumbered (what the soft labels read)."""
+    rows = torch.unique(batch.label_example[aligned])
+    renumber = torch.full((len(batch.items),), -1, dtype=torch.long, device=rows.device)
+    renumber[rows] = torch.arange(len(rows), device=rows.device)
+    example = renumber[batch.label_example[aligned]]
+    return replace(batch, label_rows=example, label_cols=batch.label_cols[aligned],
+                   label_tokens=batch.label_tokens[aligned], label_depth=batch.label_depth[aligned],
+                   label_example=example, items=batch.items[rows],
+                   histories=[batch.histories[int(r)] for r in rows.tolist()])
 
 
 # ----- the reference's slow path ------------------------------------------------------------------------------

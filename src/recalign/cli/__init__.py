@@ -9,6 +9,7 @@ from .cf import cf_app
 from .data import data_app
 from .demo import demo
 from .evaluate import evaluate_command
+from .index import index_app
 from .llm import llm_app, recommend_command
 from .run import list_recipes, report_command, run_command
 from .serve import serve_command
@@ -18,6 +19,7 @@ app = typer.Typer(help="recalign: LLM-based generative recommendation aligned wi
                   no_args_is_help=True, add_completion=False)
 app.add_typer(data_app, name="data")
 app.add_typer(cf_app, name="cf")
+app.add_typer(index_app, name="index")
 app.add_typer(llm_app, name="llm")
 app.command("recommend")(recommend_command)
 app.command("eval")(evaluate_command)

@@ -54,7 +54,9 @@ def evaluate_and_report(recommender, dataset, split: str, ks, beams: int, batch_
                                 f"{evaluation.users_per_second:.2f} users/s)", {"LLM recommender": record}, ks))
     lenient = ", ".join(f"{name} {value:.4f}" for name, value in evaluation.identifier_metrics.items()
                         if name.startswith(("HR", "NDCG")))
-    console.print(f"identifier match (any item sharing the target's title counts, as TCA4Rec's code): {lenient}")
+    what = "SID" if recommender.index.kind == "sid" else "title"
+    console.print(f"identifier match (any item sharing the target's {what} counts, as TCA4Rec's and MiniOneRec's "
+                  f"code): {lenient}")
     return record
 
 
@@ -102,6 +104,21 @@ def llm_train(
                                                    "(TCA4Rec's --use_feature; needs --cf).")] = False,
     feature_frozen: Annotated[bool, typer.Option(help="With --use-feature: never train the feature MLPs (random "
                                                       "init), as TCA4Rec's code does.")] = False,
+    sids: Annotated[Path | None, typer.Option(help="A SID folder (`recalign index build|import`): the items become "
+                                                   "semantic IDs (prompt 'minionerec' unless given).")] = None,
+    tasks: Annotated[str, typer.Option(help="With --sids: comma-separated SFT tasks of next_item, title_to_sid, "
+                                            "sid_to_title, next_title (MiniOneRec's mix).")] =
+        "next_item,title_to_sid,sid_to_title,next_title",
+    sa_init: Annotated[bool, typer.Option(help="TS-Rec SA-Init: each SID token's row from its keywords' "
+                                               "embeddings (see --semantics).")] = False,
+    ts_align: Annotated[bool, typer.Option(help="TS-Rec TS-Align: token <-> description tasks in the mix.")] = False,
+    semantics: Annotated[str, typer.Option(help="Token keywords and descriptions for --sa-init / --ts-align: a "
+                                                "teacher file ([{token, description, keywords}]), 'teacher' (ask "
+                                                "--teacher), or 'tfidf' (from the clusters' titles).")] = "tfidf",
+    teacher: Annotated[str | None, typer.Option(help="The teacher LLM for --semantics teacher (default: the "
+                                                     "backbone).")] = None,
+    max_examples: Annotated[int | None, typer.Option(help="With --sids: train on N examples of the task mix, "
+                                                          "every task cut by the same fraction.")] = None,
     select_every: Annotated[int, typer.Option(help="Evaluate --select-metric every N epochs and keep the best "
                                                    "model (0: keep the last).")] = 0,
     select_metric: Annotated[str, typer.Option(help="Model selection metric, e.g. HR@3 (TCA4Rec's), NDCG@10.")] =
@@ -120,6 +137,7 @@ def llm_train(
     from ..llm.backbones import LoraSettings
     from ..llm.prompts import get_template
     from ..llm.recommender import LLMRecommender, RecommenderConfig, check_feature_template
+    from ..llm.tasks import check_tasks, mix_tasks, task_examples
     from ..llm.train import SFTConfig, accumulation_steps, launch_state, sft_train
 
     dataset = load_dataset_or_fail(data)
@@ -131,10 +149,17 @@ def llm_train(
         fail("--use-feature needs --cf DIR (a model from `recalign cf train`)")
     if use_feature and prompt == "tca4rec":
         prompt = "tca4rec-feature"  # the same prompt with the placeholders (TCA4Rec §1.2)
+    if sids and prompt == "tca4rec":
+        prompt = "minionerec"
+    if (sa_init or ts_align) and not sids:
+        fail("--sa-init and --ts-align need --sids (they act on semantic-ID tokens)")
+    task_list = tuple(t for t in tasks.split(",") if t) if sids else ("next_item",)
     try:
         lora = LoraSettings(lora_r, lora_alpha, lora_dropout, tuple(t for t in lora_targets.split(",") if t))
         config = RecommenderConfig(backbone, precision, finetune, lora, prompt, domain, max_history, seed,
-                                   use_feature=use_feature, feature_frozen=feature_frozen)
+                                   use_feature=use_feature, feature_frozen=feature_frozen,
+                                   identifier="sid" if sids else "title")
+        check_tasks(task_list, config.identifier)
         check_feature_template(get_template(prompt), use_feature)
         sft = SFTConfig(epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,
                         warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every)
@@ -167,8 +192,12 @@ def llm_train(
         from ..align.features import CFFeatureInjector
 
         feature_hook = partial(CFFeatureInjector.for_recommender, cf_model)
+    semantic_ids, token_semantics, token_init = None, None, None
+    if sids:
+        semantic_ids, token_semantics, token_init = sid_setup(dataset, sids, sa_init, ts_align, semantics,
+                                                              teacher or backbone, precision, out)
     try:
-        recommender = LLMRecommender.create(dataset, config, feature_hook)
+        recommender = LLMRecommender.create(dataset, config, feature_hook, semantic_ids, token_init)
     except ValueError as exc:
         fail(str(exc))
     if use_feature:
@@ -181,7 +210,16 @@ def llm_train(
         loss_hook, label_mask = tca_hook(dataset, recommender, cf if align == "tca" else None, out,
                                          alpha=alpha if align == "tca" else 0.0, beta=beta, tau=tau, msl=msl,
                                          objective=objective, faithful_mask=faithful_mask)
-    examples = recommender.examples(dataset, "train", max_train_rows, label_mask)
+    per_task = task_examples(recommender, dataset, "train", task_list, max_train_rows, label_mask)
+    if ts_align:
+        from ..align.tsrec import ts_align_examples
+        from ..index.sid import sid_tokens
+
+        per_task["ts_align"] = ts_align_examples(recommender.tokenizer, token_semantics,
+                                                 sid_tokens(semantic_ids.sids))
+    examples, counts = mix_tasks(per_task, max_examples, seed)
+    if sids:
+        console.print("task mix: " + ", ".join(f"{name} {n:,}" for name, n in counts.items()))
     main_process = launch_state().is_main_process  # under `accelerate launch` one process saves and prints
     try:
         if select_every:
@@ -205,6 +243,53 @@ def llm_train(
                                      f"{backbone} on {data} · {eval_split}", show=main_process)
         if main_process:
             (out / f"{eval_split}_metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def sid_setup(dataset, sids_dir: Path, sa_init: bool, ts_align: bool, source: str, teacher: str, precision: str,
+              out: Path):
+    """The SIDs, the token semantics --sa-init / --ts-align need (written to out/token_semantics.json) and the
+    SA-Init hook."""
+    from rich.progress import Progress
+
+    from ..align import tsrec
+    from ..index.sid import SemanticIDs
+    from ..llm.backbones import load_backbone
+
+    try:
+        semantic_ids = SemanticIDs.from_pretrained(sids_dir, dataset)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    for line in semantic_ids.stats.lines():
+        console.print(f"SIDs: {line}")
+    if not (sa_init or ts_align):
+        return semantic_ids, None, None
+    if source == "tfidf":
+        semantics = tsrec.tfidf_semantics(semantic_ids.sids, dataset.titles)
+    elif source == "teacher":
+        model, tokenizer = load_backbone(teacher, precision)
+        with Progress(console=console) as progress:
+            task = progress.add_task(f"token semantics from {teacher}", total=None)
+            semantics, repairs = tsrec.teacher_semantics(
+                semantic_ids.sids, dataset.titles, model, tokenizer,
+                progress=lambda done, total: progress.update(task, completed=done, total=total))
+        console.print(f"teacher answers that were not the asked-for JSON (kept as text): "
+                      f"{repairs['unparsed_answers']} of {repairs['tokens']}")
+    else:
+        try:
+            semantics = tsrec.read_semantics(source)
+        except (ValueError, FileNotFoundError) as exc:
+            fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    tsrec.write_semantics(semantics, out / "token_semantics.json")
+    covered = sum(t in semantics for t in {t for sid in semantic_ids.sids for t in sid})
+    console.print(f"token semantics ({source}): {covered} of {semantic_ids.stats.tokens} SID tokens covered")
+    token_init = None
+    if sa_init:
+        def token_init(model, tokenizer, tokens):
+            counts = tsrec.sa_init(model, tokenizer, semantics, tokens)
+            console.print(f"SA-Init: {counts['initialised']} token rows from keywords, {counts['left_at_default']} "
+                          "left at the default initialisation")
+    return semantic_ids, semantics, token_init
 
 
 def load_cf_or_fail(cf_dir: Path, dataset):

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cache import cache_dir
+
 if TYPE_CHECKING:
     import torch
     from peft import PeftModel
@@ -34,12 +36,6 @@ SMOLLM2_FOLDER = "smollm2-135m-instruct"
 # All must exist before a cached folder counts: they are the last files save_pretrained writes.
 CACHE_MARKERS = ("config.json", "model.safetensors", "tokenizer.json")
 PRECISIONS = ("bf16", "fp32")
-
-
-def cache_dir() -> Path:
-    """Where converted models live: ``$RECALIGN_CACHE``, else ``~/.cache/recalign``."""
-    env = os.environ.get("RECALIGN_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "recalign"
 
 
 def smollm2_gguf() -> Path:
@@ -171,12 +167,14 @@ class LoraSettings:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def apply_lora(model: Any, settings: LoraSettings) -> PeftModel:
-    """Wrap ``model`` with LoRA adapters on ``settings.targets``; only the adapters stay trainable."""
+def apply_lora(model: Any, settings: LoraSettings, trainable_tokens: list[int] | None = None) -> PeftModel:
+    """Wrap ``model`` with LoRA adapters on ``settings.targets``; only the adapters stay trainable, and the
+    embedding rows of ``trainable_tokens`` (tied output rows with them; peft's trainable tokens)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(task_type="CAUSAL_LM", r=settings.r, lora_alpha=settings.alpha,
-                        lora_dropout=settings.dropout, target_modules=list(settings.targets), bias="none")
+                        lora_dropout=settings.dropout, target_modules=list(settings.targets), bias="none",
+                        trainable_token_indices=list(trainable_tokens) if trainable_tokens else None)
     return get_peft_model(model, config)
 
 

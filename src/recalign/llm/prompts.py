@@ -39,10 +39,10 @@ PLACEHOLDERS = (USER_PLACEHOLDER, ITEM_PLACEHOLDER)
 @dataclass(frozen=True)
 class PromptTemplate:
     """Three text blocks joined by blank lines: ``instruction`` (may use ``{domain}``), ``input_line`` (must use
-    ``{history}``) and ``response``. Each title is written as ``item_format`` (with ``{title}``) and the titles are
-    joined with ``joiner``. ``user_token`` is prepended to the whole (stripped) text, e.g. ``[UserEmb]``. ``chat``
-    sends the text as one user message through the tokenizer's chat template; ``separator`` ("bos" or "none") is
-    the token appended after the prompt's ids."""
+    ``{history}``) and ``response``. Each item (its title, or its SID) is written as ``item_format`` (with
+    ``{title}``) and the items are joined with ``joiner``. ``user_token`` is prepended to the whole (stripped)
+    text, e.g. ``[UserEmb]``. ``chat`` sends the text as one user message through the tokenizer's chat template;
+    ``separator`` ("bos" or "none") is the token appended after the prompt's ids."""
 
     name: str
     instruction: str
@@ -99,7 +99,26 @@ CHAT = PromptTemplate(
 TCA4REC_FEATURE = replace(TCA4REC, name="tca4rec-feature", item_format='"{title}"' + ITEM_PLACEHOLDER,
                           user_token=USER_PLACEHOLDER)
 
-TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (TCA4REC, CHAT, TCA4REC_FEATURE)}
+ALPACA_HEADER = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                 "Write a response that appropriately completes the request. ")
+
+
+def alpaca(name: str, instruction: str, user_input: str) -> PromptTemplate:
+    """MiniOneRec's prompt layout (TS-Rec §2.2): the Alpaca header, ``### Instruction:``, ``### User Input:`` and
+    ``### Response:``, after which the target follows directly (the whole text is stripped, so the newline after
+    ``### Response:`` is not part of it). ``user_input`` holds ``{history}``: the items, or one text."""
+    return PromptTemplate(name=name, instruction=f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}",
+                          input_line=f"### User Input: \n{user_input}", response="### Response:",
+                          item_format="{title}", separator="none")
+
+
+# MiniOneRec's next-SID task (T1): the history SIDs, oldest first, joined by ", " as in the reference
+MINIONEREC = alpaca(
+    "minionerec", "Can you predict the next possible item that the user may expect?",
+    "The user has interacted with items {history} in chronological order. Can you predict the next possible item "
+    "that the user may expect?")
+
+TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (TCA4REC, CHAT, TCA4REC_FEATURE, MINIONEREC)}
 
 
 def get_template(name: str) -> PromptTemplate:

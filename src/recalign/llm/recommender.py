@@ -5,12 +5,18 @@ prompt template and the item index its identifiers come from.
 answer on its own), ``tokenizer/``, ``index/`` and either ``adapter/`` (LoRA on a named backbone, which is
 reloaded from its spec) or ``model/`` (full fine-tuning, and the random ``tiny`` backbone, which is small).
 
+With ``identifier="sid"`` items are semantic IDs (``recalign.index.sid``): their tokens are added to the
+tokenizer, the embeddings resized (optionally initialised by ``token_init``, TS-Rec's SA-Init), and with LoRA the
+new rows train too (peft's trainable tokens). Prompts then write each history item as its SID, and ``items.json``
+keeps every item's SID.
+
 With ``use_feature`` (TCA4Rec's CF features as soft tokens, ``recalign.align.features``) the tokenizer gains the
 special tokens ``[UserEmb]`` and ``[ItemEmb]``, the embeddings are resized, and the recommender carries a
 input-embedding hook (``recalign.align.features.CFFeatureInjector`` over a frozen CF model). The folder then also holds
-``feature_injector.safetensors`` + ``feature_injector.json`` (the MLPs), ``cf/`` (a copy of the CF model) and,
-beside a LoRA adapter, ``placeholder_embeddings.safetensors`` (the new embedding rows, which the adapter does not
-hold).
+``feature_injector.safetensors`` + ``feature_injector.json`` (the MLPs) and ``cf/`` (a copy of the CF model).
+
+Beside a LoRA adapter, ``added_token_embeddings.safetensors`` holds the added tokens' rows as initialised (the
+adapter holds none of them, or only their trained deltas).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 from ..data import Dataset, catalogue_fingerprint, check_same_catalogue
 from ..index import ItemIndex
+from ..index.sid import SemanticIDs, sid_index, sid_text, sid_tokens
 from ..index.titles import title_index
 from .backbones import TINY_SPEC, LoraSettings, apply_lora, load_backbone, torch_dtype
 from .hooks import EmbeddingHook, load_hook, save_hook
@@ -32,9 +39,12 @@ from .train import SFTExample
 
 # (placeholder user token id, placeholder item token id, LLM hidden size, config) -> the hook writing those rows
 FeatureHookFactory = Callable[[int, int, int, "RecommenderConfig"], EmbeddingHook]
+# (model, tokenizer, the SID tokens just added) -> writes their embedding rows (TS-Rec's SA-Init)
+TokenInit = Callable[[Any, Any, list[str]], Any]
 
 FINETUNE = ("lora", "full")
-PLACEHOLDER_ROWS = "placeholder_embeddings.safetensors"
+IDENTIFIERS = ("title", "sid")
+ADDED_ROWS = "added_token_embeddings.safetensors"
 
 
 @dataclass
@@ -49,10 +59,13 @@ class RecommenderConfig:
     seed: int = 0
     use_feature: bool = False  # CF embeddings at [UserEmb] / [ItemEmb] placeholders (TCA4Rec's --use_feature)
     feature_frozen: bool = False  # the reference's bug: the feature MLPs are never trained (random init)
+    identifier: str = "title"  # "title", or "sid": semantic-ID tokens added to the vocabulary (recalign.index.sid)
 
     def __post_init__(self) -> None:
         if self.finetune not in FINETUNE:
             raise ValueError(f"finetune must be one of {', '.join(FINETUNE)}, not {self.finetune!r}")
+        if self.identifier not in IDENTIFIERS:
+            raise ValueError(f"identifier must be one of {', '.join(IDENTIFIERS)}, not {self.identifier!r}")
         if self.feature_frozen and not self.use_feature:
             raise ValueError("feature_frozen applies to use_feature only")
         if isinstance(self.lora, dict):
@@ -95,6 +108,21 @@ def add_placeholder_tokens(model: Any, tokenizer: Any, seed: int = 0) -> tuple[i
     return user_id, item_id
 
 
+def add_sid_tokens(model: Any, tokenizer: Any, sids: list[list[str]], seed: int = 0) -> list[str]:
+    """Adds the SID tokens the catalogue uses (sorted as strings, MiniOneRec's order) as ordinary added tokens and
+    resizes the embeddings; the new rows get transformers' mean resizing (the reference's initialisation) on a
+    forked RNG seeded with ``seed``. Returns the tokens that were new."""
+    import torch
+
+    vocabulary = tokenizer.get_vocab()
+    new = [t for t in sid_tokens(sids) if t not in vocabulary]
+    tokenizer.add_tokens(new)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _fit_embeddings(model, len(tokenizer))
+    return new
+
+
 def _fit_embeddings(model: Any, n_tokens: int, mean_resizing: bool = True) -> None:
     """Grows the embeddings to ``n_tokens`` rows; a vocabulary padded beyond the tokenizer's (Qwen) already has
     room, and shrinking it would cut real rows."""
@@ -105,35 +133,61 @@ def _fit_embeddings(model: Any, n_tokens: int, mean_resizing: bool = True) -> No
 class LLMRecommender:
     def __init__(self, model: Any, tokenizer: Any, index: ItemIndex, config: RecommenderConfig, titles: list[str],
                  raw_ids: list[str], template: PromptTemplate | None = None,
-                 feature_injector: EmbeddingHook | None = None):
+                 feature_injector: EmbeddingHook | None = None, sids: list[list[str]] | None = None,
+                 added_rows: dict | None = None):
         self.model, self.tokenizer, self.index, self.config = model, tokenizer, index, config
         self.titles, self.raw_ids = titles, raw_ids
         self.template = template or get_template(config.prompt)
         self.feature_injector = feature_injector
+        self.sids = sids
+        # the added tokens' rows as initialised (placeholders, SIDs): a LoRA adapter holds only their trained deltas
+        self.added_rows = added_rows or {}
         if config.use_feature != (feature_injector is not None):
             raise ValueError("use_feature and a feature injector go together")
+        if (config.identifier == "sid") != (sids is not None):
+            raise ValueError("identifier 'sid' and semantic IDs go together")
+        # how an item is written in prompts: its title, or its SID tokens
+        self.identifiers = [sid_text(sid) for sid in sids] if sids is not None else titles
 
     @classmethod
-    def create(cls, dataset: Dataset, config: RecommenderConfig,
-               feature_hook: FeatureHookFactory | None = None) -> LLMRecommender:
-        """A fresh recommender for ``dataset``'s catalogue: the backbone, LoRA if asked, the title index; with
-        ``config.use_feature``, the placeholder tokens and the embedding hook ``feature_hook`` builds for them
-        (e.g. ``partial(CFFeatureInjector.for_recommender, cf_model)`` from ``recalign.align.features``)."""
+    def create(cls, dataset: Dataset, config: RecommenderConfig, feature_hook: FeatureHookFactory | None = None,
+               sids: SemanticIDs | None = None, token_init: TokenInit | None = None) -> LLMRecommender:
+        """A fresh recommender for ``dataset``'s catalogue: the backbone, LoRA if asked, the item index (titles, or
+        ``sids`` with ``config.identifier`` "sid"); with ``config.use_feature``, the placeholder tokens and the
+        embedding hook ``feature_hook`` builds for them (e.g. ``partial(CFFeatureInjector.for_recommender,
+        cf_model)`` from ``recalign.align.features``). ``token_init`` writes the new SID tokens' rows after the
+        resize and before LoRA (TS-Rec's SA-Init, ``recalign.align.tsrec``)."""
         template = get_template(config.prompt)  # before loading the backbone: a bad name fails fast
         check_feature_template(template, config.use_feature)
         if config.use_feature != (feature_hook is not None):
             raise ValueError("use_feature needs a feature hook (e.g. CF features over a CF model), and only it")
+        if (config.identifier == "sid") != (sids is not None):
+            raise ValueError("identifier 'sid' needs semantic IDs (recalign.index.sid), and only it")
+        if token_init is not None and sids is None:
+            raise ValueError("token_init initialises SID tokens: it needs semantic IDs")
+        if sids is not None:
+            check_same_catalogue(sids.raw_ids, dataset, "set of semantic IDs")
         model, tokenizer = load_backbone(config.backbone, config.precision, config.seed)
-        injector = None
+        injector, added, trained_rows = None, [], []
         if feature_hook is not None:
             # Before LoRA: the adapters wrap the resized model. LoRA trains neither embedding matrix, and need not:
             # the hook overwrites the placeholders' input rows, so only the hook's own weights learn them.
             user_id, item_id = add_placeholder_tokens(model, tokenizer, config.seed)
             injector = feature_hook(user_id, item_id, model.get_input_embeddings().embedding_dim, config)
+            added += list(PLACEHOLDERS)
+        if sids is not None:
+            new = add_sid_tokens(model, tokenizer, sids.sids, config.seed)
+            if token_init is not None:
+                token_init(model, tokenizer, new)
+            added += new
+            trained_rows = _token_ids(tokenizer, sid_tokens(sids.sids))
+        rows = _added_rows(model, tokenizer, added)
         if config.finetune == "lora":
-            model = apply_lora(model, config.lora)
-        index = title_index(dataset.titles, tokenizer)
-        return cls(model, tokenizer, index, config, dataset.titles, dataset.raw_ids, template, injector)
+            # SID tokens are new words: their rows must learn, which LoRA alone would never let them
+            model = apply_lora(model, config.lora, trainable_tokens=trained_rows)
+        index = sid_index(sids.sids, tokenizer) if sids is not None else title_index(dataset.titles, tokenizer)
+        return cls(model, tokenizer, index, config, dataset.titles, dataset.raw_ids, template, injector,
+                   sids.sids if sids is not None else None, rows)
 
     @property
     def pad_id(self) -> int:
@@ -145,8 +199,8 @@ class LLMRecommender:
         return self.feature_injector
 
     def prompt(self, history: Sequence[int]) -> list[int]:
-        titles = [self.titles[int(item)] for item in history]
-        return encode_prompt(self.tokenizer, self.template, titles, self.config.domain, self.config.max_history)
+        written = [self.identifiers[int(item)] for item in history]
+        return encode_prompt(self.tokenizer, self.template, written, self.config.domain, self.config.max_history)
 
     def examples(self, dataset: Dataset, split: str, max_rows: int | None = None,
                  label_mask: Callable[[list[int]], list[bool]] | None = None) -> list[SFTExample]:
@@ -169,9 +223,11 @@ class LLMRecommender:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"recommender": asdict(self.config), "template": asdict(self.template), "n_items": len(self.raw_ids),
-                  "catalogue_fingerprint": catalogue_fingerprint(self.raw_ids)}
+                  "catalogue_fingerprint": catalogue_fingerprint(self.raw_ids), "added_tokens": list(self.added_rows)}
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         items = [{"raw_id": raw, "title": title} for raw, title in zip(self.raw_ids, self.titles)]
+        for item, sid in zip(items, self.sids or []):
+            item["sid"] = sid
         (directory / "items.json").write_text(json.dumps(items, ensure_ascii=False) + "\n")
         self.tokenizer.save_pretrained(directory / "tokenizer")
         self.index.save_pretrained(directory / "index")
@@ -181,13 +237,13 @@ class LLMRecommender:
             if hasattr(model, "merge_and_unload"):
                 model = copy.deepcopy(model).merge_and_unload()
             model.save_pretrained(directory / "model")
-        elif self.feature_injector is None:
+        elif not self.added_rows:
             self.model.save_pretrained(directory / "adapter")
         else:
-            # The adapter holds no embeddings; the resized rows (placeholders) are saved beside it instead of the
-            # whole matrices that peft's "auto" would add.
+            # The adapter holds no embeddings (SID rows: only their trained deltas); the added rows as initialised
+            # are saved beside it instead of the whole matrices that peft's "auto" would add.
             self.model.save_pretrained(directory / "adapter", save_embedding_layers=False)
-            _save_placeholder_rows(self.model, self.tokenizer, directory / PLACEHOLDER_ROWS)
+            _save_added_rows(self.added_rows, directory / ADDED_ROWS)
         if self.feature_injector is not None:
             save_hook(self.feature_injector, directory)
         return directory
@@ -197,7 +253,6 @@ class LLMRecommender:
                         device: str | None = None) -> LLMRecommender:
         """Loads a saved recommender; with ``dataset``, refuses one whose catalogue differs. ``merge`` folds a
         LoRA adapter into the weights, which makes inference as fast as the bare backbone."""
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         directory = Path(directory)
@@ -209,19 +264,20 @@ class LLMRecommender:
         config = RecommenderConfig(**saved["recommender"])
         items = json.loads((directory / "items.json").read_text())
         raw_ids, titles = [row["raw_id"] for row in items], [row["title"] for row in items]
+        sids = [row["sid"] for row in items] if config.identifier == "sid" else None
         if dataset is not None:
             check_same_catalogue(raw_ids, dataset, "LLM recommender")
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+        rows = {}
         if (directory / "model").exists():
             model = AutoModelForCausalLM.from_pretrained(directory / "model", dtype=torch_dtype(config.precision))
         else:
             from peft import PeftModel
 
             base, _ = load_backbone(config.backbone, config.precision, config.seed)
-            if config.use_feature:
-                with torch.random.fork_rng(devices=[]):  # the new rows' draw is overwritten just below
-                    _fit_embeddings(base, len(tokenizer), mean_resizing=False)
-                _load_placeholder_rows(base, directory / PLACEHOLDER_ROWS)
+            if saved.get("added_tokens"):
+                _fit_embeddings(base, len(tokenizer), mean_resizing=False)  # the rows are overwritten just below
+                rows = _load_added_rows(base, tokenizer, directory / ADDED_ROWS)
             model = PeftModel.from_pretrained(base, directory / "adapter")
             if merge:
                 model = model.merge_and_unload()
@@ -233,35 +289,52 @@ class LLMRecommender:
         injector = load_hook(directory, dataset).to(device) if config.use_feature else None
         return cls(model, tokenizer, ItemIndex.from_pretrained(directory / "index"), config, titles, raw_ids,
                    PromptTemplate(**saved["template"]),  # the saved text, even if the template file changed since
-                   injector)
+                   injector, sids, rows)
 
 
 def _placeholder_ids(tokenizer: Any) -> list[int]:
-    return [int(tokenizer.convert_tokens_to_ids(token)) for token in PLACEHOLDERS]
+    return _token_ids(tokenizer, list(PLACEHOLDERS))
 
 
-def _save_placeholder_rows(model: Any, tokenizer: Any, path: Path) -> None:
-    """The placeholder rows of the input embeddings (and of an untied output head): all a LoRA adapter's base
-    misses after resizing, since the original rows are the backbone's."""
+def _token_ids(tokenizer: Any, tokens: list[str]) -> list[int]:
+    return [int(tokenizer.convert_tokens_to_ids(token)) for token in tokens]
+
+
+def _added_rows(model: Any, tokenizer: Any, tokens: list[str]) -> dict:
+    """token -> {"input": row, and "output": row for an untied head}, copied before any training."""
+    embeddings = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    untied = head is not None and head.weight.data_ptr() != embeddings.data_ptr()
+    rows = {}
+    for token, token_id in zip(tokens, _token_ids(tokenizer, tokens)):
+        rows[token] = {"input": embeddings[token_id].detach().cpu().clone()}
+        if untied:
+            rows[token]["output"] = head.weight[token_id].detach().cpu().clone()
+    return rows
+
+
+def _save_added_rows(rows: dict, path: Path) -> None:
+    import torch
     from safetensors.torch import save_file
 
-    ids = _placeholder_ids(tokenizer)
-    rows = {"input": model.get_input_embeddings().weight[ids].detach().cpu().contiguous()}
-    head = model.get_output_embeddings()
-    if head is not None and head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
-        rows["output"] = head.weight[ids].detach().cpu().contiguous()
-    save_file(rows, path, metadata={"ids": json.dumps(ids)})
+    tokens = list(rows)
+    tensors = {side: torch.stack([rows[t][side] for t in tokens]).contiguous() for side in rows[tokens[0]]}
+    save_file(tensors, path, metadata={"tokens": json.dumps(tokens)})
 
 
-def _load_placeholder_rows(model: Any, path: Path) -> None:
+def _load_added_rows(model: Any, tokenizer: Any, path: Path) -> dict:
+    """Writes the saved rows of the added tokens into the resized ``model``; returns them by token."""
     import torch
     from safetensors import safe_open
 
     with safe_open(path, "pt", device="cpu") as handle:
-        ids = json.loads(handle.metadata()["ids"])
-        rows = {name: handle.get_tensor(name) for name in handle.keys()}
+        tokens = json.loads(handle.metadata()["tokens"])
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    ids = _token_ids(tokenizer, tokens)
     with torch.no_grad():
-        model.get_input_embeddings().weight[ids] = rows["input"].to(model.get_input_embeddings().weight.dtype)
-        if "output" in rows:
+        embeddings = model.get_input_embeddings().weight
+        embeddings[ids] = tensors["input"].to(embeddings.dtype)
+        if "output" in tensors:
             head = model.get_output_embeddings()
-            head.weight[ids] = rows["output"].to(head.weight.dtype)
+            head.weight[ids] = tensors["output"].to(head.weight.dtype)
+    return {token: {side: tensors[side][row] for side in tensors} for row, token in enumerate(tokens)}
