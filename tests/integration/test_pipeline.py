@@ -161,3 +161,30 @@ def test_run_recipe_from_python(tmp_path):
     outcomes = run_recipe(recipe, tmp_path / "run", log=lines.append, progress=False)
     assert [o.stage for o in outcomes] == ["data", "cf", "eval"] and not any(o.skipped for o in outcomes)
     assert any(line.startswith("dataset: 100 items") for line in lines)
+
+
+@pytest.mark.slow
+def test_a_semantic_id_recipe_builds_its_index_and_reports_codebook_usage(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
+    recipe = {
+        "name": "sid",
+        "data": {"format": "synth", "synth": {"users": 120, "items": 100, "seed": 0}},
+        "index": {"source": "build", "quantizer": {"method": "rqkmeans", "levels": 2, "codebook_size": 6},
+                  "collisions": "extra_level"},
+        "llm": {**SMALL["llm"], "recommender": {**SMALL["llm"]["recommender"], "prompt": "minionerec",
+                                                "identifier": "sid"},
+                "sa_init": True, "ts_align": True, "max_examples": 24},
+        "eval": {"rows": 4, "ks": [1, 5], "beams": 5, "baselines": ["popularity"]},
+    }
+    result = runner.invoke(app, ["run", str(write(tmp_path, recipe)), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "stages run: data, index, llm, eval" in result.output
+    assert "SA-Init:" in result.output and "task mix: next_item" in result.output
+    stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    sids = json.loads((tmp_path / "run" / stages["index"] / "sids.json").read_text())
+    assert len(sids) == 100 and len({tuple(s) for s in sids.values()}) == 100  # extra_level: unique
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "## Semantic IDs" in report and "| a | 6 | 6 |" in report
+    assert (tmp_path / "run" / "report" / "codebooks.png").stat().st_size > 1000
+    with pytest.raises(RecipeError, match="identifier: sid and an index stage go together"):
+        load_recipe(write(tmp_path, {**recipe, "index": None}, "bad.yaml"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -65,11 +66,21 @@ def test_a_sid_recommender_learns_and_decodes_only_real_items(trained):
         assert by_item[10] == by_item[11]  # a shared SID is one leaf: one score
 
 
-def test_a_lora_sid_recommender_reloads_with_its_trained_token_rows(tmp_path):
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_lora_sid_recommender_reloads_with_its_trained_token_rows(tmp_path, tied):
+    """tied: the head follows the input rows; untied: the head's SID rows must train too, or every SID token would
+    keep the same mean-resized output row and the same logit."""
+    from transformers import LlamaForCausalLM
+
     from recalign.llm.backbones import load_backbone
 
     dataset = rule_dataset()
     model, tokenizer = load_backbone("tiny", "fp32")
+    if not tied:
+        model.config.tie_word_embeddings = False
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(model.config)
+        assert model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
     model.save_pretrained(tmp_path / "backbone")
     tokenizer.save_pretrained(tmp_path / "backbone")
     config = RecommenderConfig(backbone=str(tmp_path / "backbone"), precision="fp32", finetune="lora",
@@ -82,6 +93,10 @@ def test_a_lora_sid_recommender_reloads_with_its_trained_token_rows(tmp_path):
     sft_train(recommender.model, examples, sft, tmp_path / "train", progress=False, pad_id=recommender.pad_id)
     live = recommender.model.get_input_embeddings()(torch.tensor([sid_row]))[0]
     assert not torch.allclose(live, before)  # the SID rows trained under LoRA
+    sid_ids = sorted(set(recommender.index.item_tokens[:, :2].flatten().tolist()))
+    with torch.no_grad():
+        logits = recommender.model(torch.tensor([recommender.prompt([1, 2])])).logits[0, -1, sid_ids]
+    assert logits.std() > 0.05  # the head tells the SID tokens apart
     out = recommender.save_pretrained(tmp_path / "saved")
     assert (out / "added_token_embeddings.safetensors").exists()
     loaded = LLMRecommender.from_pretrained(out, dataset)
@@ -111,6 +126,8 @@ def test_index_and_train_commands(tmp_path, monkeypatch):
                                 "--collisions", "extra_level"])
     assert built.exit_code == 0, built.output
     assert "collision rate 0.00%" in built.output
+    cached = list((tmp_path / "cache" / "embeddings").glob("*.npy"))  # the item texts' embeddings, computed once
+    assert len(cached) == 1 and np.load(cached[0]).shape == (12, 384)
     too_big = runner.invoke(app, ["index", "build", "--data", str(data), "--out", str(tmp_path / "x"),
                                   "--codebook-size", "64"])
     assert too_big.exit_code == 1 and "exceeds the 12 items" in too_big.output

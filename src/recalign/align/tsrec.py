@@ -98,7 +98,7 @@ def tfidf_semantics(sids: list[list[str]], titles: list[str], n_keywords: int = 
         weights, vocabulary = None, []
     semantics = {}
     for row, token in enumerate(tokens):
-        scores = weights.getrow(row).toarray().ravel() if weights is not None else []
+        scores = weights[[row]].toarray().ravel() if weights is not None else []
         top = [vocabulary[i] for i in (-scores).argsort()[:n_keywords] if scores[i] > 0] if len(scores) else []
         examples = "; ".join(titles[i] for i in clusters[token][:n_examples])
         description = (f"This product family covers {', '.join(top[:8]) or 'assorted items'}. "
@@ -181,6 +181,18 @@ def sa_init(model, tokenizer, semantics: dict[str, TokenSemantics], tokens: list
     return {"initialised": written, "left_at_default": len(tokens) - written}
 
 
+def sa_init_hook(semantics: dict[str, TokenSemantics], log=None):
+    """SA-Init as the recommender's ``token_init`` (``LLMRecommender.create``), reporting its counts to ``log``."""
+    def token_init(model, tokenizer, tokens: list[str]) -> dict:
+        counts = sa_init(model, tokenizer, semantics, tokens)
+        if log is not None:
+            log(f"SA-Init: {counts['initialised']} token rows from keywords, {counts['left_at_default']} left at the "
+                "default initialisation")
+        return counts
+
+    return token_init
+
+
 def ts_align_examples(tokenizer, semantics: dict[str, TokenSemantics], tokens: list[str]) -> list[SFTExample]:
     """Token -> description and description -> token, for each of ``tokens`` that has a description."""
     examples = []
@@ -194,3 +206,33 @@ def ts_align_examples(tokenizer, semantics: dict[str, TokenSemantics], tokens: l
         examples.append(SFTExample(encode_prompt(tokenizer, DESCRIPTION_TO_TOKEN, [entry.description]),
                                    [int(tokenizer.convert_tokens_to_ids(token)), eos]))
     return examples
+
+
+def load_semantics(source: str, sids: list[list[str]], titles: list[str], teacher: str = "smollm2-135m",
+                   precision: str = "bf16", progress=None) -> tuple[dict[str, TokenSemantics], dict]:
+    """Token semantics from ``source``: "tfidf", "teacher" (the local LLM ``teacher``, loaded here) or the path of a
+    teacher file; and what was repaired (teacher answers that were not JSON)."""
+    if source == "tfidf":
+        return tfidf_semantics(sids, titles), {}
+    if source == "teacher":
+        from ..llm.backbones import load_backbone
+
+        model, tokenizer = load_backbone(teacher, precision)
+        return teacher_semantics(sids, titles, model, tokenizer, progress=progress)
+    return read_semantics(source), {}
+
+
+def sid_training_examples(recommender, dataset, tasks: tuple[str, ...], semantics: dict | None, ts_align: bool,
+                          max_rows: int | None = None, budget: int | None = None, seed: int = 0,
+                          label_mask=None) -> tuple[list[SFTExample], dict[str, int]]:
+    """The SFT examples of a recommender: its tasks (``recalign.llm.tasks``), TS-Align's with ``ts_align``, mixed
+    at natural proportions (cut to ``budget`` examples, every task by the same fraction); and the count per task."""
+    from ..llm.tasks import mix_tasks, task_examples
+
+    per_task = task_examples(recommender, dataset, "train", tasks, max_rows, label_mask)
+    if ts_align:
+        if semantics is None or recommender.sids is None:
+            raise ValueError("TS-Align needs semantic IDs and token semantics")
+        per_task["ts_align"] = ts_align_examples(recommender.tokenizer, semantics,
+                                                 sorted({t for sid in recommender.sids for t in sid}))
+    return mix_tasks(per_task, budget, seed)

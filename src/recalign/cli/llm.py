@@ -137,7 +137,7 @@ def llm_train(
     from ..llm.backbones import LoraSettings
     from ..llm.prompts import get_template
     from ..llm.recommender import LLMRecommender, RecommenderConfig, check_feature_template
-    from ..llm.tasks import check_tasks, mix_tasks, task_examples
+    from ..llm.tasks import check_tasks
     from ..llm.train import SFTConfig, accumulation_steps, launch_state, sft_train
 
     dataset = load_dataset_or_fail(data)
@@ -210,14 +210,10 @@ def llm_train(
         loss_hook, label_mask = tca_hook(dataset, recommender, cf if align == "tca" else None, out,
                                          alpha=alpha if align == "tca" else 0.0, beta=beta, tau=tau, msl=msl,
                                          objective=objective, faithful_mask=faithful_mask)
-    per_task = task_examples(recommender, dataset, "train", task_list, max_train_rows, label_mask)
-    if ts_align:
-        from ..align.tsrec import ts_align_examples
-        from ..index.sid import sid_tokens
+    from ..align.tsrec import sid_training_examples
 
-        per_task["ts_align"] = ts_align_examples(recommender.tokenizer, token_semantics,
-                                                 sid_tokens(semantic_ids.sids))
-    examples, counts = mix_tasks(per_task, max_examples, seed)
+    examples, counts = sid_training_examples(recommender, dataset, task_list, token_semantics, ts_align,
+                                             max_train_rows, max_examples, seed, label_mask)
     if sids:
         console.print("task mix: " + ", ".join(f"{name} {n:,}" for name, n in counts.items()))
     main_process = launch_state().is_main_process  # under `accelerate launch` one process saves and prints
@@ -253,7 +249,6 @@ def sid_setup(dataset, sids_dir: Path, sa_init: bool, ts_align: bool, source: st
 
     from ..align import tsrec
     from ..index.sid import SemanticIDs
-    from ..llm.backbones import load_backbone
 
     try:
         semantic_ids = SemanticIDs.from_pretrained(sids_dir, dataset)
@@ -263,33 +258,25 @@ def sid_setup(dataset, sids_dir: Path, sa_init: bool, ts_align: bool, source: st
         console.print(f"SIDs: {line}")
     if not (sa_init or ts_align):
         return semantic_ids, None, None
-    if source == "tfidf":
-        semantics = tsrec.tfidf_semantics(semantic_ids.sids, dataset.titles)
-    elif source == "teacher":
-        model, tokenizer = load_backbone(teacher, precision)
-        with Progress(console=console) as progress:
+    try:
+        with Progress(console=console, disable=source != "teacher") as progress:
             task = progress.add_task(f"token semantics from {teacher}", total=None)
-            semantics, repairs = tsrec.teacher_semantics(
-                semantic_ids.sids, dataset.titles, model, tokenizer,
+            semantics, repairs = tsrec.load_semantics(
+                source, semantic_ids.sids, dataset.titles, teacher, precision,
                 progress=lambda done, total: progress.update(task, completed=done, total=total))
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if repairs:
         console.print(f"teacher answers that were not the asked-for JSON (kept as text): "
                       f"{repairs['unparsed_answers']} of {repairs['tokens']}")
-    else:
-        try:
-            semantics = tsrec.read_semantics(source)
-        except (ValueError, FileNotFoundError) as exc:
-            fail(str(exc))
-    out.mkdir(parents=True, exist_ok=True)
-    tsrec.write_semantics(semantics, out / "token_semantics.json")
+    from ..llm.train import launch_state
+
+    if launch_state().is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        tsrec.write_semantics(semantics, out / "token_semantics.json")
     covered = sum(t in semantics for t in {t for sid in semantic_ids.sids for t in sid})
     console.print(f"token semantics ({source}): {covered} of {semantic_ids.stats.tokens} SID tokens covered")
-    token_init = None
-    if sa_init:
-        def token_init(model, tokenizer, tokens):
-            counts = tsrec.sa_init(model, tokenizer, semantics, tokens)
-            console.print(f"SA-Init: {counts['initialised']} token rows from keywords, {counts['left_at_default']} "
-                          "left at the default initialisation")
-    return semantic_ids, semantics, token_init
+    return semantic_ids, semantics, tsrec.sa_init_hook(semantics, console.print) if sa_init else None
 
 
 def load_cf_or_fail(cf_dir: Path, dataset):

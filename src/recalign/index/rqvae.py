@@ -3,10 +3,11 @@
 RQ-VAE (TIGER; MiniOneRec §1.2): an MLP encoder to a small latent, ``levels`` codebooks applied to successive
 residuals (code = nearest codeword, residual -= codeword), an MLP decoder from the sum of the codewords. Loss:
 reconstruction MSE + the mean over levels of ||sg(r) - e||² + beta ||r - sg(e)||², with a straight-through
-estimator. Each codebook starts as k-means over its level's residuals in the first batch. Codes left unused for
-``dead_code_every`` steps are re-seeded with residuals drawn from the batch (the reference has no such step, and
-uses 48 of 256 first-level codes on Industrial). The weights with the lowest collision rate, measured every
-``check_every`` epochs over all items, are kept, as in the reference.
+estimator; the next level's residual subtracts the detached codeword, so every level's commitment term reaches
+the encoder (TIGER's form). Each codebook starts as k-means over its level's residuals in the first batch. Codes
+left unused for ``dead_code_every`` steps are re-seeded with residuals drawn from the batch (the reference has no
+such step, and uses 48 of 256 first-level codes on Industrial). The weights with the lowest collision rate,
+measured every ``check_every`` epochs over all items, are kept, as in the reference.
 
 RQ-KMeans: k-means (scikit-learn) on the embeddings, then on the residuals, level by level; no training loop.
 """
@@ -150,6 +151,10 @@ def train_rqvae(embeddings: np.ndarray, config: QuantizerConfig, progress=None) 
             if not bool(model.quantizer.initialised) and config.kmeans_init:
                 with torch.no_grad():
                     model.quantizer.init_from(model.encoder(xb), config.seed)
+            # before the step, not after it: a collision check never sees codewords that were just re-seeded
+            if config.dead_code_every and step and step % config.dead_code_every == 0:
+                _reseed_dead_codes(model, xb, used, generator)
+                used.zero_()
             recon, rq_loss, codes = model(xb)
             loss = recon + rq_loss
             optimizer.zero_grad(set_to_none=True)
@@ -158,9 +163,6 @@ def train_rqvae(embeddings: np.ndarray, config: QuantizerConfig, progress=None) 
             optimizer.step()
             step += 1
             used[torch.arange(levels).unsqueeze(1), codes.T] = True
-            if config.dead_code_every and step % config.dead_code_every == 0:
-                _reseed_dead_codes(model, xb, used, generator)
-                used.zero_()
         if epoch % config.check_every == 0 or epoch == config.epochs:
             model.eval()
             with torch.no_grad():

@@ -241,6 +241,8 @@ def build_sids(embeddings: np.ndarray, raw_ids: list[str], config: QuantizerConf
     """Quantises the item embeddings into SIDs; returns them and the training log (empty for RQ-KMeans)."""
     import torch
 
+    if collisions not in COLLISIONS:  # before training, not after it
+        raise ValueError(f"collisions must be one of {', '.join(COLLISIONS)}, not {collisions!r}")
     if config.codebook_size > len(embeddings):
         raise ValueError(f"codebook size {config.codebook_size} exceeds the {len(embeddings)} items")
     log: list[dict] = []

@@ -167,14 +167,14 @@ class LoraSettings:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def apply_lora(model: Any, settings: LoraSettings, trainable_tokens: list[int] | None = None) -> PeftModel:
-    """Wrap ``model`` with LoRA adapters on ``settings.targets``; only the adapters stay trainable, and the
-    embedding rows of ``trainable_tokens`` (tied output rows with them; peft's trainable tokens)."""
+def apply_lora(model: Any, settings: LoraSettings, trainable_tokens: dict[str, list[int]] | None = None) -> PeftModel:
+    """Wrap ``model`` with LoRA adapters on ``settings.targets``; only the adapters stay trainable, and the rows
+    ``trainable_tokens`` names (module name -> token ids; peft's trainable tokens, which follow a tied head)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(task_type="CAUSAL_LM", r=settings.r, lora_alpha=settings.alpha,
                         lora_dropout=settings.dropout, target_modules=list(settings.targets), bias="none",
-                        trainable_token_indices=list(trainable_tokens) if trainable_tokens else None)
+                        trainable_token_indices=trainable_tokens or None)
     return get_peft_model(model, config)
 
 

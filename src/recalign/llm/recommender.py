@@ -16,7 +16,7 @@ input-embedding hook (``recalign.align.features.CFFeatureInjector`` over a froze
 ``feature_injector.safetensors`` + ``feature_injector.json`` (the MLPs) and ``cf/`` (a copy of the CF model).
 
 Beside a LoRA adapter, ``added_token_embeddings.safetensors`` holds the added tokens' rows as initialised (the
-adapter holds none of them, or only their trained deltas).
+adapter holds none of them, or, for SID tokens, their trained rows).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class LLMRecommender:
         self.template = template or get_template(config.prompt)
         self.feature_injector = feature_injector
         self.sids = sids
-        # the added tokens' rows as initialised (placeholders, SIDs): a LoRA adapter holds only their trained deltas
+        # the added tokens' rows as initialised (placeholders, SIDs), which a LoRA adapter does not hold
         self.added_rows = added_rows or {}
         if config.use_feature != (feature_injector is not None):
             raise ValueError("use_feature and a feature injector go together")
@@ -184,7 +184,7 @@ class LLMRecommender:
         rows = _added_rows(model, tokenizer, added)
         if config.finetune == "lora":
             # SID tokens are new words: their rows must learn, which LoRA alone would never let them
-            model = apply_lora(model, config.lora, trainable_tokens=trained_rows)
+            model = apply_lora(model, config.lora, trainable_tokens=_embedding_rows(model, trained_rows))
         index = sid_index(sids.sids, tokenizer) if sids is not None else title_index(dataset.titles, tokenizer)
         return cls(model, tokenizer, index, config, dataset.titles, dataset.raw_ids, template, injector,
                    sids.sids if sids is not None else None, rows)
@@ -240,7 +240,7 @@ class LLMRecommender:
         elif not self.added_rows:
             self.model.save_pretrained(directory / "adapter")
         else:
-            # The adapter holds no embeddings (SID rows: only their trained deltas); the added rows as initialised
+            # The adapter holds no embedding matrices (only the trained SID rows); the added rows as initialised
             # are saved beside it instead of the whole matrices that peft's "auto" would add.
             self.model.save_pretrained(directory / "adapter", save_embedding_layers=False)
             _save_added_rows(self.added_rows, directory / ADDED_ROWS)
@@ -253,6 +253,7 @@ class LLMRecommender:
                         device: str | None = None) -> LLMRecommender:
         """Loads a saved recommender; with ``dataset``, refuses one whose catalogue differs. ``merge`` folds a
         LoRA adapter into the weights, which makes inference as fast as the bare backbone."""
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         directory = Path(directory)
@@ -276,7 +277,8 @@ class LLMRecommender:
 
             base, _ = load_backbone(config.backbone, config.precision, config.seed)
             if saved.get("added_tokens"):
-                _fit_embeddings(base, len(tokenizer), mean_resizing=False)  # the rows are overwritten just below
+                with torch.random.fork_rng(devices=[]):  # the new rows are overwritten just below
+                    _fit_embeddings(base, len(tokenizer), mean_resizing=False)
                 rows = _load_added_rows(base, tokenizer, directory / ADDED_ROWS)
             model = PeftModel.from_pretrained(base, directory / "adapter")
             if merge:
@@ -300,11 +302,29 @@ def _token_ids(tokenizer: Any, tokens: list[str]) -> list[int]:
     return [int(tokenizer.convert_tokens_to_ids(token)) for token in tokens]
 
 
+def _untied(model: Any) -> bool:
+    head = model.get_output_embeddings()
+    return head is not None and head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+
+
+def _embedding_rows(model: Any, ids: list[int]) -> dict[str, list[int]] | None:
+    """peft's ``trainable_token_indices`` for ``ids``: the input embedding's rows, and the head's when it is not
+    tied to them (peft follows a tied head on its own; an untied one would keep near-identical mean-resized rows,
+    leaving the SID tokens indistinguishable to the head)."""
+    if not ids:
+        return None
+    names = {id(module): name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+    rows = {names[id(model.get_input_embeddings())]: list(ids)}
+    if _untied(model):
+        rows[names[id(model.get_output_embeddings())]] = list(ids)
+    return rows
+
+
 def _added_rows(model: Any, tokenizer: Any, tokens: list[str]) -> dict:
     """token -> {"input": row, and "output": row for an untied head}, copied before any training."""
     embeddings = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
-    untied = head is not None and head.weight.data_ptr() != embeddings.data_ptr()
+    untied = _untied(model)
     rows = {}
     for token, token_id in zip(tokens, _token_ids(tokenizer, tokens)):
         rows[token] = {"input": embeddings[token_id].detach().cpu().clone()}

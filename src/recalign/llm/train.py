@@ -219,12 +219,14 @@ def linear_schedule(step: int, warmup: int, total: int) -> float:
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("the model has no trainable parameters")
-    # Matrices decay; vectors (biases, norm weights) do not.
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    # Matrices decay; vectors (biases, norm weights) do not, nor token rows trained on their own (peft's trainable
+    # tokens hold the rows themselves, which decay would pull towards zero).
+    decays = [not (p.ndim < 2 or "trainable_tokens" in n) for n, p in named]
+    return [{"params": [p for (_, p), d in zip(named, decays) if d], "weight_decay": weight_decay},
+            {"params": [p for (_, p), d in zip(named, decays) if not d], "weight_decay": 0.0}]
 
 
 def launch_state():

@@ -1,8 +1,8 @@
 """The recipe: typed settings for every stage, read from YAML with errors that name the file and the setting.
 
-The stages reuse the library's own configuration dataclasses (``PrepareOptions``, ``TrainConfig``,
-``RecommenderConfig``, ``SFTConfig``, ``TCAConfig``, ``Selection``), so a recipe can set anything the Python API
-can, under the same names.
+The stages reuse the library's own configuration dataclasses (``PrepareOptions``, ``QuantizerConfig``,
+``TrainConfig``, ``RecommenderConfig``, ``SFTConfig``, ``TCAConfig``, ``Selection``), so a recipe can set anything
+the Python API can, under the same names.
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ from ..align.tca import TCAConfig
 from ..cf import TrainConfig
 from ..data.formats import PrepareOptions
 from ..decode.selection import Selection
+from ..index.rqvae import QuantizerConfig
+from ..index.sid import COLLISIONS
+from ..index.text import MINILM
 from ..llm.recommender import RecommenderConfig
+from ..llm.tasks import SID_TASKS
 from ..llm.train import SFTConfig
 
 PACKAGED = Path(__file__).resolve().parent / "recipes"
@@ -45,6 +49,21 @@ class DataStage:
 
 
 @dataclass
+class IndexStage:
+    """Semantic IDs for the catalogue (a recommender with ``identifier: sid`` reads them)."""
+
+    source: str = "build"  # "build" (a quantiser over item text embeddings), "dataset" (the SIDs the data
+    # carries, e.g. minionerec's), or the path of a *.index.json
+    embedder: str = MINILM
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    collisions: str = "balance"
+
+    def __post_init__(self) -> None:
+        if self.collisions not in COLLISIONS:
+            raise RecipeError(f"index.collisions must be one of {', '.join(COLLISIONS)}, not {self.collisions!r}")
+
+
+@dataclass
 class CFStage:
     model: str = "sasrec"
     preset: str | None = None
@@ -60,6 +79,13 @@ class LLMStage:
     align: str = "none"  # "none" or "tca" (soft labels from the recipe's CF model)
     tca: TCAConfig = field(default_factory=TCAConfig)  # alpha, beta, msl, tau, objective, faithful_mask
     selection: Selection = field(default_factory=Selection)
+    # semantic-ID recommenders (recommender.identifier: sid) only
+    tasks: tuple[str, ...] = SID_TASKS  # MiniOneRec's task mix (a title recommender trains next_item alone)
+    sa_init: bool = False  # TS-Rec SA-Init of the SID token rows
+    ts_align: bool = False  # TS-Rec TS-Align tasks in the mix
+    semantics: str = "tfidf"  # token keywords/descriptions: "tfidf", "teacher" or a teacher file
+    teacher: str | None = None  # the teacher LLM for semantics "teacher" (default: the backbone)
+    max_examples: int | None = None  # examples drawn from the task mix, every task by the same fraction
 
 
 @dataclass
@@ -77,6 +103,7 @@ class Recipe:
     name: str
     description: str = ""
     data: DataStage = field(default_factory=DataStage)
+    index: IndexStage | None = None
     cf: CFStage | None = None
     llm: LLMStage | None = None
     eval: EvalStage = field(default_factory=EvalStage)
@@ -95,6 +122,12 @@ class Recipe:
                 raise RecipeError("llm.recommender.use_feature needs a cf stage (its embeddings are the features)")
             if self.llm.max_train_rows is not None and self.llm.max_train_rows < 1:
                 raise RecipeError("llm.max_train_rows must be at least 1")
+            sid = self.llm.recommender.identifier == "sid"
+            if sid != (self.index is not None):
+                raise RecipeError("llm.recommender.identifier: sid and an index stage go together")
+            if not sid and (self.llm.sa_init or self.llm.ts_align or self.llm.tasks != SID_TASKS):
+                raise RecipeError("llm.tasks, sa_init and ts_align apply to semantic-ID recommenders "
+                                  "(llm.recommender.identifier: sid)")
         if self.eval.beams < max(self.eval.ks):
             raise RecipeError(f"eval.beams ({self.eval.beams}) must be at least the largest K ({max(self.eval.ks)})")
 

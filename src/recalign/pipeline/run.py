@@ -1,4 +1,4 @@
-"""Running a recipe: data -> cf -> llm -> eval, each stage in ``RUN_DIR/<stage>-<key>``.
+"""Running a recipe: data -> index -> cf -> llm -> eval, each stage in ``RUN_DIR/<stage>-<key>``.
 
 A stage's key hashes its own settings and the keys of the stages it reads, so changing the LLM's learning rate
 reruns the LLM and the evaluation but reuses the data and the CF model. A stage is finished when its folder holds
@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .recipe import Recipe
 
@@ -41,6 +42,9 @@ def stage_settings(recipe: Recipe) -> dict[str, dict]:
     """What each stage is made from: its own settings (for the LLM, the alignment it trains with), and the files
     it reads by path (size and modification time), so that changed files are not taken for finished work."""
     settings = {"data": {**asdict(recipe.data), "files": files_fingerprint(recipe.data.source)}}
+    if recipe.index is not None:
+        settings["index"] = {**asdict(recipe.index), "files": {"source": files_fingerprint(recipe.index.source),
+                                                              "embedder": files_fingerprint(recipe.index.embedder)}}
     if recipe.cf is not None:
         settings["cf"] = asdict(recipe.cf)
     if recipe.llm is not None:
@@ -48,7 +52,8 @@ def stage_settings(recipe: Recipe) -> dict[str, dict]:
         for name in NOT_IN_RESULTS:
             llm["train"].pop(name)
         settings["llm"] = {**llm, "files": {"backbone": files_fingerprint(recipe.llm.recommender.backbone),
-                                            "prompt": files_fingerprint(recipe.llm.recommender.prompt)}}
+                                            "prompt": files_fingerprint(recipe.llm.recommender.prompt),
+                                            "semantics": files_fingerprint(recipe.llm.semantics)}}
     settings["eval"] = asdict(recipe.eval)
     return settings
 
@@ -65,8 +70,10 @@ def files_fingerprint(path: str | None) -> list | None:
 
 def stage_inputs(recipe: Recipe) -> dict[str, list[str]]:
     llm_reads_cf = recipe.llm is not None and (recipe.llm.align == "tca" or recipe.llm.recommender.use_feature)
-    return {"data": [], "cf": ["data"], "llm": ["data", "cf"] if llm_reads_cf else ["data"],
-            "eval": [stage for stage in ("data", "cf", "llm") if stage in stage_settings(recipe)]}
+    present = stage_settings(recipe)
+    llm_reads = ["data", *(["index"] if "index" in present else []), *(["cf"] if llm_reads_cf else [])]
+    return {"data": [], "index": ["data"], "cf": ["data"], "llm": llm_reads,
+            "eval": [stage for stage in ("data", "index", "cf", "llm") if stage in present]}
 
 
 def stage_keys(recipe: Recipe) -> dict[str, str]:
@@ -134,6 +141,24 @@ def run_data(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> N
                            or "none needed"))
 
 
+def run_index(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
+    from ..index.sid import build_sids, import_sids
+    from ..index.text import item_texts, text_embeddings
+
+    spec, dataset = recipe.index, _dataset(folders)
+    if spec.source == "build":
+        embeddings = text_embeddings(item_texts(dataset), spec.embedder, progress=progress)
+        sids, training = build_sids(embeddings, dataset.raw_ids, spec.quantizer, spec.collisions)
+        sids.meta["embedder"] = spec.embedder
+        if training:
+            pd.DataFrame(training).to_csv(folders["index"] / "train_log.csv", index=False)
+    else:
+        sids = import_sids(dataset, None if spec.source == "dataset" else spec.source)
+    sids.save_pretrained(folders["index"])
+    for line in sids.stats.lines():
+        log(f"SIDs: {line}")
+
+
 def run_cf(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
     import torch
 
@@ -149,10 +174,12 @@ def run_cf(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> Non
 
 
 def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
+    from ..align import tsrec
     from ..align.features import CFFeatureInjector
     from ..align.tca import TCALoss
     from ..cf import from_pretrained
     from ..decode.selection import train_with_selection
+    from ..index.sid import SemanticIDs
     from ..llm.recommender import LLMRecommender
     from ..llm.train import sft_train
 
@@ -160,10 +187,23 @@ def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> No
     dataset = _dataset(folders)
     cf_model = from_pretrained(folders["cf"], dataset) if "cf" in folders else None
     feature_hook = partial(CFFeatureInjector.for_recommender, cf_model) if spec.recommender.use_feature else None
-    recommender = LLMRecommender.create(dataset, spec.recommender, feature_hook)
+    sids, semantics = None, None
+    if "index" in folders:
+        sids = SemanticIDs.from_pretrained(folders["index"], dataset)
+        if spec.sa_init or spec.ts_align:
+            semantics, _ = tsrec.load_semantics(spec.semantics, sids.sids, dataset.titles,
+                                                spec.teacher or spec.recommender.backbone, spec.recommender.precision)
+            tsrec.write_semantics(semantics, out / "token_semantics.json")
+    token_init = tsrec.sa_init_hook(semantics, log) if spec.sa_init else None
+    recommender = LLMRecommender.create(dataset, spec.recommender, feature_hook, sids, token_init)
     tca = spec.tca if spec.align == "tca" else replace(spec.tca, alpha=0.0)  # MSL / the faithful mask alone
     loss_hook = TCALoss.for_config(cf_model, recommender.index, tca)
-    examples = recommender.examples(dataset, "train", spec.max_train_rows, tca.label_mask)
+    tasks = spec.tasks if sids is not None else ("next_item",)
+    examples, counts = tsrec.sid_training_examples(recommender, dataset, tasks, semantics, spec.ts_align,
+                                                   spec.max_train_rows, spec.max_examples, spec.train.seed,
+                                                   tca.label_mask)
+    if sids is not None:
+        log("task mix: " + ", ".join(f"{name} {n:,}" for name, n in counts.items()))
     if spec.selection.every:
         result = train_with_selection(recommender, dataset, examples, spec.train, out, spec.selection, loss_hook,
                                       resume=True, log=log)
@@ -213,4 +253,4 @@ def run_eval(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> N
     log(f"evaluation: {len(models)} models on {len(targets):,} {spec.split} rows; {folders['eval'] / 'results.json'}")
 
 
-STAGES = {"data": run_data, "cf": run_cf, "llm": run_llm, "eval": run_eval}
+STAGES = {"data": run_data, "index": run_index, "cf": run_cf, "llm": run_llm, "eval": run_eval}

@@ -33,6 +33,9 @@ def write_report(run_dir: str | Path) -> Path:
                 f"on the same rows; {results['protocol']}. ± is the 95% interval over rows.", "",
                 metrics_markdown(results["models"], ks), "", "![metrics](metrics.png)", ""]
     plot_metrics(results["models"], ks, out / "metrics.png")
+    if "index" in folders:
+        sections += ["## Semantic IDs", "", *sid_summary(folders["index"], out / "codebooks.png"), "",
+                     "![codebook usage](codebooks.png)", ""]
     curves = training_curves(folders, out / "training.png")
     if curves:
         sections += ["## Training", "", *curves, "", "![training](training.png)", ""]
@@ -74,6 +77,37 @@ def plot_metrics(models: dict, ks: tuple[int, ...], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def sid_summary(folder: Path, path: Path) -> list[str]:
+    """The SIDs' statistics (collisions, per-level codebook usage and perplexity) and a plot of how many items each
+    code of each level carries, codes sorted by use."""
+    import matplotlib.pyplot as plt
+
+    from ..index.sid import LEVEL_LETTERS, SemanticIDs
+
+    sids = SemanticIDs.from_pretrained(folder)
+    stats = sids.stats
+    lines = [f"{stats.items:,} items, {stats.distinct:,} distinct SIDs ({sids.meta.get('method', '?')}, collisions "
+             f"{sids.meta.get('collisions', '?')}), {stats.tokens:,} tokens added to the vocabulary; collision rate "
+             f"{stats.collision_rate:.2%} ({stats.colliding_items:,} items in {stats.colliding_groups:,} groups).", "",
+             "| level | codes used | codebook | perplexity | most items on one code |", "|---|---|---|---|---|"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for level in stats.levels:
+        letter = LEVEL_LETTERS[level.level]
+        lines.append(f"| {letter} | {level.codes_used} | {level.codebook_size or '–'} | {level.perplexity:.1f} "
+                     f"| {level.max_items_per_code} |")
+        counts = pd.Series([sid[level.level] for sid in sids.sids if len(sid) > level.level]).value_counts()
+        ax.plot(np.arange(1, len(counts) + 1), counts.to_numpy(), label=f"level {letter}")
+    ax.set_xlabel("code (sorted by items)")
+    ax.set_ylabel("items")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title("codebook usage")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return lines
 
 
 def training_curves(folders: dict[str, Path], path: Path) -> list[str]:
