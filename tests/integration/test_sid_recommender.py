@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from recalign.cli import app
 from recalign.data.dataset import item_table
 from recalign.decode import BeamConfig
-from recalign.decode.recommend import evaluate_llm, recommend
+from recalign.decode.recommend import evaluate_llm, identifier_log_likelihood, recommend
 from recalign.index.sid import SemanticIDs
 from recalign.llm.recommender import LLMRecommender, RecommenderConfig
 from recalign.llm.tasks import mix_tasks, task_examples
@@ -64,6 +64,8 @@ def test_a_sid_recommender_learns_and_decodes_only_real_items(trained):
         for item in range(N_ITEMS):
             assert by_item[item] == pytest.approx(sid_log_likelihood(loaded, history, item), abs=1e-3)
         assert by_item[10] == by_item[11]  # a shared SID is one leaf: one score
+        scored = identifier_log_likelihood(loaded, [history] * N_ITEMS, list(range(N_ITEMS)), batch_size=5)
+        assert scored == pytest.approx([sid_log_likelihood(loaded, history, i) for i in range(N_ITEMS)], abs=1e-4)
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -145,5 +147,13 @@ def test_index_and_train_commands(tmp_path, monkeypatch):
     assert {entry["token"] for entry in semantics} >= {"<a_0>", "<b_0>"}
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert metrics["n_examples"] == 4
+    scored = runner.invoke(app, ["llm", "likelihood", "--data", str(data), "--model", str(out), "--max-rows", "5",
+                                 "--json"])
+    assert scored.exit_code == 0, scored.output
+    record = json.loads(scored.output)
+    loaded = LLMRecommender.from_pretrained(out, dataset)
+    test = dataset.split("test").iloc[:5]
+    expected = identifier_log_likelihood(loaded, [list(h) for h in test["history"]], list(test["target"]))
+    assert record["n_examples"] == 5 and record["log_likelihood"] == pytest.approx(expected.mean(), abs=1e-4)
     saved = json.loads((out / "items.json").read_text())
     assert saved[0]["sid"] == SemanticIDs.from_pretrained(tmp_path / "built").sids[0]

@@ -344,6 +344,47 @@ def llm_eval(
                               indent=2))
 
 
+@llm_app.command("likelihood")
+def llm_likelihood(
+    data: TrainedOnOption,
+    model: Annotated[Path, typer.Option(help="A folder written by `recalign llm train`.")],
+    split: SplitOption = "test",
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 8,
+    max_rows: RowsOption = None,
+    threads: ThreadsOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Mean log-likelihood of each row's target identifier given its prompt (teacher forcing): a finer signal
+    than hit rates when a model hits few targets."""
+    set_threads(threads)
+    quiet_transformers()
+    import numpy as np
+
+    from ..data import CatalogueMismatch
+    from ..decode.recommend import identifier_log_likelihood
+    from ..eval.metrics import Z_95
+    from ..eval.protocols import split_histories
+    from ..llm.recommender import LLMRecommender
+
+    dataset = load_dataset_or_fail(data)
+    try:
+        recommender = LLMRecommender.from_pretrained(model, dataset)
+        histories = split_histories(*dataset.histories(split))[:max_rows]
+    except (FileNotFoundError, CatalogueMismatch, KeyError, ValueError) as exc:
+        fail(f"{model}: {exc.args[0] if isinstance(exc, KeyError) else exc}")
+    targets = dataset.table(split).column("target").to_numpy()[:max_rows]
+    scores = identifier_log_likelihood(recommender, histories, targets, batch_size)
+    tokens = recommender.index.item_length.numpy()[targets]
+    record = {"split": split, "n_examples": len(targets), "log_likelihood": float(scores.mean()),
+              "ci95": float(Z_95 * scores.std(ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 else 0.0,
+              "per_token": float(scores.sum() / tokens.sum())}
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        console.print(f"{split}: mean log-likelihood of the target identifier {record['log_likelihood']:.3f} "
+                      f"± {record['ci95']:.3f} over {len(targets):,} rows ({record['per_token']:.3f} per token)")
+
+
 def recommend_command(
     model: Annotated[Path, typer.Option(help="A folder written by `recalign llm train`.")],
     history: Annotated[str, typer.Option(help="Comma-separated item ids (or raw ids with --raw), oldest first.")],

@@ -19,7 +19,7 @@ from ..data import Dataset
 from ..eval.metrics import DEFAULT_KS, confidence_95, ranking_metrics
 from ..eval.protocols import split_histories
 from ..llm.recommender import LLMRecommender
-from ..llm.train import launch_state
+from ..llm.train import LabelPositionLM, SFTExample, collate, launch_state
 from .beam import BeamConfig, Ranked, beam_search
 
 
@@ -49,6 +49,31 @@ def recommend(recommender: LLMRecommender, histories: Sequence[Sequence[int]], k
                 for leaf, score in zip(result.leaves, result.scores)
                 for item in recommender.index.leaf_items(leaf).tolist()]
         out.append(rows[:k])
+    return out
+
+
+def identifier_log_likelihood(recommender: LLMRecommender, histories: Sequence[Sequence[int]],
+                              items: Sequence[int], batch_size: int = 8) -> np.ndarray:
+    """log p(item's identifier tokens, EOS included | the history's prompt) per row, by teacher forcing: the score
+    a beam search without length penalty gives that identifier, for any item, generated or not (a finer signal
+    than ranks when few targets are hit)."""
+    import torch
+
+    lm = LabelPositionLM(recommender.model, recommender.embedding_hook).eval()
+    device = next(recommender.model.parameters()).device
+    out = np.empty(len(items))
+    for start in range(0, len(items), batch_size):
+        rows = range(start, min(start + batch_size, len(items)))
+        batch = collate([SFTExample(recommender.prompt(histories[r]), recommender.index.tokens(int(items[r])),
+                                    history=tuple(int(i) for i in histories[r])) for r in rows],
+                        recommender.pad_id).to(device)
+        with torch.no_grad():
+            logits = lm(batch.input_ids, batch.attention_mask, batch.position_ids, batch.label_rows,
+                        batch.label_cols, batch.histories)
+        token_logp = torch.log_softmax(logits, -1).gather(1, batch.label_tokens.unsqueeze(1)).squeeze(1)
+        sums = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, batch.label_example.cpu(),
+                                                                     token_logp.double().cpu())
+        out[start:start + len(rows)] = sums.numpy()
     return out
 
 
