@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 
+from .allmrec import allmrec_app
 from .cf import cf_app
 from .data import data_app
 from .demo import demo
@@ -21,6 +22,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(cf_app, name="cf")
 app.add_typer(index_app, name="index")
 app.add_typer(llm_app, name="llm")
+app.add_typer(allmrec_app, name="allmrec")
 app.command("recommend")(recommend_command)
 app.command("eval")(evaluate_command)
 app.command("demo")(demo)

@@ -33,7 +33,7 @@ from ..index import ItemIndex
 from ..index.sid import SemanticIDs, sid_index, sid_text, sid_tokens
 from ..index.titles import title_index
 from .backbones import TINY_SPEC, LoraSettings, apply_lora, load_backbone, torch_dtype
-from .hooks import EmbeddingHook, load_hook, save_hook
+from .hooks import HOOK_RECORD, EmbeddingHook, load_hook, save_hook
 from .prompts import PLACEHOLDERS, PromptTemplate, encode_prompt, get_template
 from .train import SFTExample
 
@@ -42,7 +42,7 @@ FeatureHookFactory = Callable[[int, int, int, "RecommenderConfig"], EmbeddingHoo
 # (model, tokenizer, the SID tokens just added) -> writes their embedding rows (TS-Rec's SA-Init)
 TokenInit = Callable[[Any, Any, list[str]], Any]
 
-FINETUNE = ("lora", "full")
+FINETUNE = ("lora", "full", "frozen")
 IDENTIFIERS = ("title", "sid")
 ADDED_ROWS = "added_token_embeddings.safetensors"
 
@@ -51,7 +51,8 @@ ADDED_ROWS = "added_token_embeddings.safetensors"
 class RecommenderConfig:
     backbone: str = "smollm2-135m"  # "smollm2-135m", "tiny", a hub id or a local path
     precision: str = "bf16"
-    finetune: str = "lora"  # "lora": adapters only; "full": every weight
+    finetune: str = "lora"  # "lora": adapters only; "full": every weight; "frozen": none (only a hook's weights
+    # train, e.g. A-LLMRec's projectors)
     lora: LoraSettings = field(default_factory=LoraSettings)
     prompt: str = "tca4rec"  # a built-in template's name or a .json file of PromptTemplate fields
     domain: str = "items"  # the word the prompt uses for the catalogue ("games", "office products", ...)
@@ -142,8 +143,8 @@ class LLMRecommender:
         self.sids = sids
         # the added tokens' rows as initialised (placeholders, SIDs), which a LoRA adapter does not hold
         self.added_rows = added_rows or {}
-        if config.use_feature != (feature_injector is not None):
-            raise ValueError("use_feature and a feature injector go together")
+        if config.use_feature and feature_injector is None:
+            raise ValueError("use_feature needs a feature injector")
         if (config.identifier == "sid") != (sids is not None):
             raise ValueError("identifier 'sid' and semantic IDs go together")
         # how an item is written in prompts: its title, or its SID tokens
@@ -182,12 +183,30 @@ class LLMRecommender:
             added += new
             trained_rows = _token_ids(tokenizer, sid_tokens(sids.sids))
         rows = _added_rows(model, tokenizer, added)
+        if config.finetune == "frozen":
+            model.requires_grad_(False)
         if config.finetune == "lora":
             # SID tokens are new words: their rows must learn, which LoRA alone would never let them
             model = apply_lora(model, config.lora, trainable_tokens=_embedding_rows(model, trained_rows))
         index = sid_index(sids.sids, tokenizer) if sids is not None else title_index(dataset.titles, tokenizer)
         return cls(model, tokenizer, index, config, dataset.titles, dataset.raw_ids, template, injector,
                    sids.sids if sids is not None else None, rows)
+
+    def add_special_tokens(self, tokens: list[str]) -> list[int]:
+        """Adds placeholder tokens (one id each, whatever text surrounds them) to a frozen recommender for an
+        embedding hook to overwrite (A-LLMRec's soft tokens); returns their ids. Their rows are saved with it."""
+        import torch
+
+        if self.config.finetune != "frozen":
+            raise ValueError("special tokens are added to a frozen recommender only (a LoRA or fully trained one "
+                             "would have to train their rows)")
+        self.tokenizer.add_tokens(tokens, special_tokens=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            _fit_embeddings(self.model, len(self.tokenizer))
+        self.model.requires_grad_(False)
+        self.added_rows.update(_added_rows(self.model, self.tokenizer, tokens))
+        return _token_ids(self.tokenizer, tokens)
 
     @property
     def pad_id(self) -> int:
@@ -237,12 +256,12 @@ class LLMRecommender:
             if hasattr(model, "merge_and_unload"):
                 model = copy.deepcopy(model).merge_and_unload()
             model.save_pretrained(directory / "model")
-        elif not self.added_rows:
-            self.model.save_pretrained(directory / "adapter")
-        else:
-            # The adapter holds no embedding matrices (only the trained SID rows); the added rows as initialised
-            # are saved beside it instead of the whole matrices that peft's "auto" would add.
-            self.model.save_pretrained(directory / "adapter", save_embedding_layers=False)
+        elif self.config.finetune == "lora":
+            # The adapter holds no embedding matrices (only trained SID rows); the added rows as initialised are
+            # saved beside it instead of the whole matrices that peft's "auto" would add.
+            embeddings = False if self.added_rows else "auto"
+            self.model.save_pretrained(directory / "adapter", save_embedding_layers=embeddings)
+        if self.added_rows and not self.config.saves_full_model:  # frozen: the backbone and these rows
             _save_added_rows(self.added_rows, directory / ADDED_ROWS)
         if self.feature_injector is not None:
             save_hook(self.feature_injector, directory)
@@ -273,22 +292,24 @@ class LLMRecommender:
         if (directory / "model").exists():
             model = AutoModelForCausalLM.from_pretrained(directory / "model", dtype=torch_dtype(config.precision))
         else:
-            from peft import PeftModel
-
-            base, _ = load_backbone(config.backbone, config.precision, config.seed)
+            model, _ = load_backbone(config.backbone, config.precision, config.seed)
             if saved.get("added_tokens"):
                 with torch.random.fork_rng(devices=[]):  # the new rows are overwritten just below
-                    _fit_embeddings(base, len(tokenizer), mean_resizing=False)
-                rows = _load_added_rows(base, tokenizer, directory / ADDED_ROWS)
-            model = PeftModel.from_pretrained(base, directory / "adapter")
-            if merge:
-                model = model.merge_and_unload()
+                    _fit_embeddings(model, len(tokenizer), mean_resizing=False)
+                rows = _load_added_rows(model, tokenizer, directory / ADDED_ROWS)
+            if config.finetune == "lora":
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, directory / "adapter")
+                if merge:
+                    model = model.merge_and_unload()
+            model.requires_grad_(config.finetune != "frozen")
         if device is None:  # decoding is where a GPU pays most; under `accelerate launch`, this process's GPU
             from .train import launch_state
 
             device = str(launch_state().device)
         model.to(device).eval()
-        injector = load_hook(directory, dataset).to(device) if config.use_feature else None
+        injector = load_hook(directory, dataset).to(device) if (directory / HOOK_RECORD).exists() else None
         return cls(model, tokenizer, ItemIndex.from_pretrained(directory / "index"), config, titles, raw_ids,
                    PromptTemplate(**saved["template"]),  # the saved text, even if the template file changed since
                    injector, sids, rows)
