@@ -188,3 +188,29 @@ def test_a_semantic_id_recipe_builds_its_index_and_reports_codebook_usage(tmp_pa
     assert (tmp_path / "run" / "report" / "codebooks.png").stat().st_size > 1000
     with pytest.raises(RecipeError, match="identifier: sid and an index stage go together"):
         load_recipe(write(tmp_path, {**recipe, "index": None}, "bad.yaml"))
+
+
+@pytest.mark.slow
+def test_an_allmrec_recipe_trains_both_stages_and_reports_the_candidate_protocol(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
+    recipe = {
+        "name": "allmrec",
+        "data": SMALL["data"],
+        "cf": SMALL["cf"],
+        "allmrec": {"stage1": {"epochs": 1, "batch_size": 64},
+                    "recommender": {"backbone": "tiny", "precision": "fp32", "finetune": "frozen", "max_history": 4},
+                    "train": {"epochs": 1, "batch_size": 4, "micro_batch_size": 4, "lr": 1e-3, "precision": "fp32"},
+                    "max_train_rows": 8, "n_candidates": 10},
+        "eval": {"rows": 5, "ks": [1, 5], "beams": 5, "baselines": ["popularity"]},
+    }
+    result = runner.invoke(app, ["run", str(write(tmp_path, recipe)), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "stages run: data, cf, allmrec, eval" in result.output and "A-LLMRec stage 1: 1 epochs" in result.output
+    stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    results = json.loads((tmp_path / "run" / stages["eval"] / "results.json").read_text())
+    assert set(results["candidates"]) == {"A-LLMRec", "sasrec"}
+    assert all(r["groups"]["all"]["rows"] == 5 and r["n_candidates"] == 10 for r in results["candidates"].values())
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "## Candidate protocol (A-LLMRec)" in report and "| A-LLMRec |" in report
+    with pytest.raises(RecipeError, match="allmrec needs a cf stage"):
+        load_recipe(write(tmp_path, {**recipe, "cf": None}, "bad.yaml"))

@@ -212,3 +212,29 @@ def train_stage1(cf_model: CFModel, dataset, text_embeddings: np.ndarray, config
 def _encode(text_encoder, texts: list[str]) -> torch.Tensor:
     features = text_encoder.tokenize(texts)
     return F.normalize(text_encoder(features)["sentence_embedding"], dim=-1)
+
+
+def run_stage1(cf_model: CFModel, dataset, config: Stage1Config, out: str | Path, embedder: str,
+               progress: bool = True) -> tuple[AlignmentNetwork, list[dict], np.ndarray]:
+    """Stage 1 end to end: item texts embedded (cached), the network trained, and the joint embedding of every
+    item (text path for items without a training interaction) saved with it in ``out`` (``joint.npy``)."""
+    from ..index.text import encoder_source, item_texts, text_embeddings
+
+    out = Path(out)
+    texts = item_texts(dataset)
+    embeddings = text_embeddings(texts, embedder, progress=progress)
+    encoder = None
+    if config.finetune_text:
+        from sentence_transformers import SentenceTransformer
+
+        encoder = SentenceTransformer(encoder_source(embedder))
+    network, log = train_stage1(cf_model, dataset, embeddings, config, out, encoder, texts, progress)
+    if config.finetune_text:  # the cold path reads the fine-tuned encoder
+        encoder.save(str(out / "text_encoder"))
+        embeddings = encoder.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    warm = interaction_counts(dataset) > 0
+    joint = network.joint_embeddings(cf_model.item_embeddings().float(), torch.from_numpy(embeddings),
+                                     torch.from_numpy(warm)).numpy()
+    network.save_pretrained(out, warm, log)
+    np.save(out / "joint.npy", joint)
+    return network, log, joint

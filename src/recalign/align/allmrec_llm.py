@@ -288,3 +288,88 @@ def item_groups(dataset, split: str, max_rows: int | None, warm_share: float = 0
             "warm items": target_counts >= np.quantile(counts, 1 - warm_share),
             "cold items": target_counts <= np.quantile(counts, warm_share),
             "cold users": np.array([u not in train_users for u in frame["user"]])}
+
+
+# the stage as a whole (the CLI and the pipeline) ---------------------------------------------------------------
+
+RECORD = "allmrec.json"
+
+
+def create_stage2(dataset, cf_model: CFModel, joint: np.ndarray | None, config):
+    """A recommender for stage 2: with ``joint`` (stage 1's joint embeddings) A-LLMRec's frozen LLM with the soft
+    tokens and the projectors; without, the LLM-only baseline (``config.finetune`` decides how the LLM trains)."""
+    from ..llm.recommender import LLMRecommender
+
+    recommender = LLMRecommender.create(dataset, config)
+    if joint is not None:
+        ids = recommender.add_special_tokens(list(SOFT_TOKENS))
+        hidden = recommender.model.get_input_embeddings().embedding_dim
+        recommender.feature_injector = ALLMRecHook(cf_model, torch.as_tensor(joint), *ids, hidden, config.max_history,
+                                                   config.seed)
+    return recommender
+
+
+def train_stage2(recommender, dataset, sft, out: str | Path, words: PromptWords, n_candidates: int = 20,
+                 epochs: int = 1, max_rows: int | None = None, resume: bool = False, progress: bool = True):
+    """Trains on prompts with sampled candidates (fresh negatives per epoch: ``sft`` runs one pass over all
+    epochs' prompts), saves the recommender and ``allmrec.json`` in ``out``; returns the SFT result and the
+    number of prompts."""
+    from ..llm.train import sft_train
+
+    out = Path(out)
+    soft = recommender.embedding_hook is not None
+    examples = [e for epoch in range(epochs) for e in
+                stage2_examples(recommender, dataset, words, soft, n_candidates, sft.seed + epoch, max_rows)]
+    result = sft_train(recommender.model, examples, sft, out / "train", resume=resume, progress=progress,
+                       pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
+    recommender.save_pretrained(out)
+    (out / RECORD).write_text(json.dumps({"soft_tokens": soft, "n_candidates": n_candidates,
+                                          "words": asdict(words)}, indent=2) + "\n")
+    return result, len(examples)
+
+
+def load_stage2(directory: str | Path, dataset):
+    """(recommender, record) of a stage-2 folder."""
+    from ..llm.recommender import LLMRecommender
+
+    directory = Path(directory)
+    if not (directory / RECORD).exists():
+        raise FileNotFoundError(f"{directory} is not an A-LLMRec stage-2 folder (no {RECORD})")
+    return LLMRecommender.from_pretrained(directory, dataset), json.loads((directory / RECORD).read_text())
+
+
+def evaluate_candidates(dataset, split: str = "test", protocol: str = "sampled", n_candidates: int = 20,
+                        seed: int = 0, rows: int | None = None, recommender=None, record: dict | None = None,
+                        cf_model: CFModel | None = None, lenient: bool = False, progress: bool = True) -> dict:
+    """Hit@1 among each row's candidates, overall and per group (``item_groups``), of a stage-2 recommender
+    (``recommender`` + its ``record``) or, without one, of ``cf_model`` ranking the same candidates by its scores
+    (ties pessimistic)."""
+    from tqdm.auto import tqdm
+
+    from ..eval.metrics import Z_95
+
+    sets = candidate_sets(dataset, split, protocol, n_candidates, seed, rows, cf_model)
+    frame = dataset.split(split).iloc[:rows]
+    hits, lenient_hits = np.zeros(len(frame), dtype=bool), np.zeros(len(frame), dtype=bool)
+    words = PromptWords(**record["words"]) if record else None
+    for row, (history, target, candidates) in enumerate(tqdm(list(zip(frame["history"], frame["target"], sets)),
+                                                             desc="candidates", disable=not progress)):
+        history, target = [int(i) for i in history], int(target)
+        if recommender is not None:
+            groups = pick(recommender, history, candidates, words, record["soft_tokens"])
+            hits[row] = groups[:1] == [[target]]  # pessimistic: not a hit when its title is shared
+            if lenient:
+                lenient_hits[row] = lenient_hit(recommender, history, candidates, target, words,
+                                                record["soft_tokens"])
+        elif target in candidates:  # pessimistic: a candidate scoring as high as the target ranks first
+            scores = cf_model.score([np.asarray(history, dtype=np.int64)])[0][candidates]
+            hits[row] = int((scores >= scores[candidates.index(target)]).sum()) == 1
+    result = {"protocol": protocol, "split": split, "n_candidates": n_candidates, "seed": seed, "groups": {}}
+    for name, mask in item_groups(dataset, split, rows).items():
+        values = hits[mask].astype(float)
+        entry = {"rows": int(mask.sum()), "Hit@1": float(values.mean()) if len(values) else float("nan"),
+                 "ci95": float(Z_95 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")}
+        if lenient and recommender is not None:
+            entry["Hit@1 lenient"] = float(lenient_hits[mask].mean()) if mask.any() else float("nan")
+        result["groups"][name] = entry
+    return result

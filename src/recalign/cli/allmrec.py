@@ -15,7 +15,6 @@ allmrec_app = typer.Typer(help="A-LLMRec: align a frozen CF model with a frozen 
 
 DataOption = Annotated[Path, typer.Option(help="A prepared dataset folder.")]
 CFOption = Annotated[Path, typer.Option(help="A CF model folder (`recalign cf train`); it stays frozen.")]
-RECORD = "allmrec.json"
 
 
 def load_cf(cf: Path, dataset):
@@ -53,11 +52,7 @@ def stage1(
     """Stage 1: item and text autoencoders aligned to a shared latent; joint embeddings for every item (text path
     for items the CF model never saw)."""
     set_threads(threads)
-    import numpy as np
-    import torch
-
-    from ..align.allmrec import Stage1Config, interaction_counts, train_stage1
-    from ..index.text import encoder_source, item_texts, text_embeddings
+    from ..align.allmrec import Stage1Config, run_stage1
 
     dataset = load_dataset_or_fail(data)
     cf_model = load_cf(cf, dataset)
@@ -65,29 +60,14 @@ def stage1(
         config = Stage1Config(item_weight=item_weight, text_weight=text_weight, rec_weight=rec_weight,
                               rec_score=rec_score, epochs=epochs, batch_size=batch_size, lr=lr, cf_dropout=cf_dropout,
                               finetune_text=finetune_text, seed=seed)
-        texts = item_texts(dataset)
-        console.print(f"embedding {len(texts):,} item texts with {embedder}")
-        embeddings = text_embeddings(texts, embedder, progress=True)
+        console.print(f"embedding {dataset.n_items:,} item texts with {embedder}")
+        _, log, _ = run_stage1(cf_model, dataset, config, out, embedder)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    encoder = None
-    if finetune_text:
-        from sentence_transformers import SentenceTransformer
-
-        encoder = SentenceTransformer(encoder_source(embedder))
-    network, log = train_stage1(cf_model, dataset, embeddings, config, out, encoder, texts)
-    if finetune_text:  # the cold path reads the fine-tuned encoder
-        encoder.save(str(out / "text_encoder"))
-        embeddings = encoder.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
-    warm = interaction_counts(dataset) > 0
-    with torch.no_grad():
-        joint = network.joint_embeddings(cf_model.item_embeddings().float(), torch.from_numpy(embeddings),
-                                         torch.from_numpy(warm))
-    network.save_pretrained(out, warm, log)
-    np.save(out / "joint.npy", joint.numpy())
     for row in log:
         console.print(f"epoch {row['epoch']}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
-    console.print(f"{int(warm.sum()):,} warm items (enc_I), {int((~warm).sum()):,} cold items (enc_T); saved in {out}")
+    warm = json.loads((out / "alignment.json").read_text())["warm_items"]
+    console.print(f"{warm:,} warm items (enc_I), {dataset.n_items - warm:,} cold items (enc_T); saved in {out}")
 
 
 @allmrec_app.command("stage2")
@@ -121,43 +101,30 @@ def stage2(
     set_threads(threads)
     quiet_transformers()
     import numpy as np
-    import torch
 
-    from ..align.allmrec_llm import SOFT_TOKENS, ALLMRecHook, PromptWords, stage2_examples
+    from ..align.allmrec_llm import PromptWords, create_stage2, train_stage2
     from ..llm.backbones import LoraSettings
-    from ..llm.recommender import LLMRecommender, RecommenderConfig
-    from ..llm.train import SFTConfig, sft_train
+    from ..llm.recommender import RecommenderConfig
+    from ..llm.train import SFTConfig
 
     dataset = load_dataset_or_fail(data)
     if soft_tokens and stage1_dir is None:
         fail("soft tokens need --stage1 DIR (from `recalign allmrec stage1`)")
     cf_model = load_cf(cf, dataset)
-    words = PromptWords.for_dataset(dataset_name)
     try:
         config = RecommenderConfig(backbone, precision, "frozen" if soft_tokens else "lora",
                                    LoraSettings(r=lora_r, alpha=2 * lora_r), max_history=max_history, seed=seed)
         sft = SFTConfig(epochs=1, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,
                         precision=precision, seed=seed, weight_decay=0.0)
-    except ValueError as exc:
+        joint = np.load(stage1_dir / "joint.npy") if soft_tokens else None
+    except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    recommender = LLMRecommender.create(dataset, config)
-    if soft_tokens:
-        joint = torch.from_numpy(np.load(stage1_dir / "joint.npy"))
-        ids = recommender.add_special_tokens(list(SOFT_TOKENS))
-        recommender.feature_injector = ALLMRecHook(cf_model, joint, *ids,
-                                                   recommender.model.get_input_embeddings().embedding_dim,
-                                                   max_history, seed)
-    examples = [e for epoch in range(epochs) for e in
-                stage2_examples(recommender, dataset, words, soft_tokens, n_candidates, seed + epoch, max_train_rows)]
-    result = sft_train(recommender.model, examples, sft, out / "train", resume=resume, pad_id=recommender.pad_id,
-                       embedding_hook=recommender.embedding_hook)
-    recommender.save_pretrained(out)
-    record = {"soft_tokens": soft_tokens, "n_candidates": n_candidates, "words": vars(words),
-              "stage1": str(stage1_dir) if stage1_dir else None, "cf": str(cf)}
-    (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    trained = sum(p.numel() for p in recommender.model.parameters() if p.requires_grad) + sum(
-        p.numel() for p in (recommender.embedding_hook.parameters() if soft_tokens else []) if p.requires_grad)
-    console.print(f"trained {trained:,} parameters on {len(examples):,} prompts ({result.tokens_per_second:,.0f} "
+    recommender = create_stage2(dataset, cf_model, joint, config)
+    result, prompts = train_stage2(recommender, dataset, sft, out, PromptWords.for_dataset(dataset_name),
+                                   n_candidates, epochs, max_train_rows, resume)
+    trained = sum(p.numel() for module in (recommender.model, recommender.embedding_hook) if module is not None
+                  for p in module.parameters() if p.requires_grad)
+    console.print(f"trained {trained:,} parameters on {prompts:,} prompts ({result.tokens_per_second:,.0f} "
                   f"tokens/s); saved in {out}")
 
 
@@ -180,11 +147,7 @@ def evaluate(
     """Hit@1 among the candidates, overall and for warm items, cold items and cold users."""
     set_threads(threads)
     quiet_transformers()
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from ..align.allmrec_llm import PromptWords, candidate_sets, item_groups, lenient_hit, pick
-    from ..eval.metrics import Z_95
+    from ..align.allmrec_llm import evaluate_candidates, load_stage2
 
     if model is None and cf is None:
         fail("give --model (a stage-2 folder) or --cf (a CF model), or both for --protocol retrieved")
@@ -192,42 +155,16 @@ def evaluate(
     cf_model = load_cf(cf, dataset) if cf else None
     recommender, record = None, {}
     if model is not None:
-        from ..llm.recommender import LLMRecommender
-
-        if not (model / RECORD).exists():
-            fail(f"{model} is not an A-LLMRec stage-2 folder (no {RECORD})")
-        record = json.loads((model / RECORD).read_text())
-        recommender = LLMRecommender.from_pretrained(model, dataset)
-    n = n_candidates or record.get("n_candidates", 20)
+        try:
+            recommender, record = load_stage2(model, dataset)
+        except (FileNotFoundError, ValueError) as exc:
+            fail(str(exc))
     try:
-        sets = candidate_sets(dataset, split, protocol, n, seed, rows, cf_model)
+        result = evaluate_candidates(dataset, split, protocol, n_candidates or record.get("n_candidates", 20), seed,
+                                     rows, recommender, record, cf_model, lenient, progress=not as_json)
     except ValueError as exc:
         fail(str(exc))
-    frame = dataset.split(split).iloc[:rows]
-    hits, lenient_hits = np.zeros(len(frame), dtype=bool), np.zeros(len(frame), dtype=bool)
-    words = PromptWords(**record["words"]) if record else None
-    for row, (history, target, candidates) in enumerate(tqdm(list(zip(frame["history"], frame["target"], sets)),
-                                                             desc="candidates", disable=as_json)):
-        history = [int(i) for i in history]
-        if recommender is not None:
-            groups = pick(recommender, history, candidates, words, record["soft_tokens"])
-            hits[row] = groups[:1] == [[int(target)]]  # pessimistic: not a hit when its title is shared
-            if lenient:
-                lenient_hits[row] = lenient_hit(recommender, history, candidates, int(target), words,
-                                                record["soft_tokens"])
-        else:
-            scores = cf_model.score([np.asarray(history, dtype=np.int64)])[0][candidates]
-            if int(target) in candidates:  # pessimistic: a candidate scoring as high as the target ranks first
-                hits[row] = int((scores >= scores[candidates.index(int(target))]).sum()) == 1
-    result = {"protocol": protocol, "split": split, "n_candidates": n, "seed": seed,
-              "model": str(model) if model else None, "cf": str(cf) if cf else None, "groups": {}}
-    for name, mask in item_groups(dataset, split, rows).items():
-        values = hits[mask].astype(float)
-        entry = {"rows": int(mask.sum()), "Hit@1": float(values.mean()) if len(values) else float("nan"),
-                 "ci95": float(Z_95 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")}
-        if lenient and recommender is not None:
-            entry["Hit@1 lenient"] = float(lenient_hits[mask].mean()) if mask.any() else float("nan")
-        result["groups"][name] = entry
+    result.update(model=str(model) if model else None, cf=str(cf) if cf else None)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
+from ..align.allmrec import Stage1Config
 from ..align.tca import TCAConfig
 from ..cf import TrainConfig
 from ..data.formats import PrepareOptions
@@ -88,6 +89,35 @@ class LLMStage:
     max_examples: int | None = None  # examples drawn from the task mix, every task by the same fraction
 
 
+def _frozen() -> RecommenderConfig:
+    return RecommenderConfig(finetune="frozen")
+
+
+def _stage2_training() -> SFTConfig:
+    return SFTConfig(batch_size=4, micro_batch_size=2, lr=1e-4, weight_decay=0.0)
+
+
+@dataclass
+class AllmrecStage:
+    """A-LLMRec over the recipe's CF model: stage 1 (the alignment network), then stage 2 (the projectors into a
+    frozen LLM); evaluated on the candidate protocol beside the CF model."""
+
+    embedder: str = MINILM
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    recommender: RecommenderConfig = field(default_factory=_frozen)  # backbone, precision, max_history, seed
+    train: SFTConfig = field(default_factory=_stage2_training)
+    soft_tokens: bool = True  # False: the LLM-only baseline (set recommender.finetune: lora)
+    epochs: int = 1  # passes over the rows, fresh negatives each
+    max_train_rows: int | None = None
+    n_candidates: int = 20
+    dataset_name: str = ""  # the Amazon category, for the prompt's words
+
+    def __post_init__(self) -> None:
+        if self.soft_tokens and self.recommender.finetune != "frozen":
+            raise RecipeError("allmrec.recommender.finetune must be frozen with soft tokens (only the projectors "
+                              "train)")
+
+
 @dataclass
 class EvalStage:
     split: str = "test"
@@ -96,6 +126,7 @@ class EvalStage:
     beams: int = 10
     batch_size: int = 8  # users per decoder call
     baselines: tuple[str, ...] = ("popularity", "random", "markov")
+    seed: int = 0  # of the sampled candidate sets (A-LLMRec's protocol)
 
 
 @dataclass
@@ -106,6 +137,7 @@ class Recipe:
     index: IndexStage | None = None
     cf: CFStage | None = None
     llm: LLMStage | None = None
+    allmrec: AllmrecStage | None = None
     eval: EvalStage = field(default_factory=EvalStage)
 
     def __post_init__(self) -> None:
@@ -128,6 +160,8 @@ class Recipe:
             if not sid and (self.llm.sa_init or self.llm.ts_align or self.llm.tasks != SID_TASKS):
                 raise RecipeError("llm.tasks, sa_init and ts_align apply to semantic-ID recommenders "
                                   "(llm.recommender.identifier: sid)")
+        if self.allmrec is not None and self.cf is None:
+            raise RecipeError("allmrec needs a cf stage (the frozen CF model it aligns)")
         if self.eval.beams < max(self.eval.ks):
             raise RecipeError(f"eval.beams ({self.eval.beams}) must be at least the largest K ({max(self.eval.ks)})")
 

@@ -1,4 +1,4 @@
-"""Running a recipe: data -> index -> cf -> llm -> eval, each stage in ``RUN_DIR/<stage>-<key>``.
+"""Running a recipe: data -> index -> cf -> llm -> allmrec -> eval, each stage in ``RUN_DIR/<stage>-<key>``.
 
 A stage's key hashes its own settings and the keys of the stages it reads, so changing the LLM's learning rate
 reruns the LLM and the evaluation but reuses the data and the CF model. A stage is finished when its folder holds
@@ -54,6 +54,12 @@ def stage_settings(recipe: Recipe) -> dict[str, dict]:
         settings["llm"] = {**llm, "files": {"backbone": files_fingerprint(recipe.llm.recommender.backbone),
                                             "prompt": files_fingerprint(recipe.llm.recommender.prompt),
                                             "semantics": files_fingerprint(recipe.llm.semantics)}}
+    if recipe.allmrec is not None:
+        settings["allmrec"] = {**asdict(recipe.allmrec), "files": {
+            "backbone": files_fingerprint(recipe.allmrec.recommender.backbone),
+            "embedder": files_fingerprint(recipe.allmrec.embedder)}}
+        for name in NOT_IN_RESULTS:
+            settings["allmrec"]["train"].pop(name)
     settings["eval"] = asdict(recipe.eval)
     return settings
 
@@ -72,8 +78,8 @@ def stage_inputs(recipe: Recipe) -> dict[str, list[str]]:
     llm_reads_cf = recipe.llm is not None and (recipe.llm.align == "tca" or recipe.llm.recommender.use_feature)
     present = stage_settings(recipe)
     llm_reads = ["data", *(["index"] if "index" in present else []), *(["cf"] if llm_reads_cf else [])]
-    return {"data": [], "index": ["data"], "cf": ["data"], "llm": llm_reads,
-            "eval": [stage for stage in ("data", "index", "cf", "llm") if stage in present]}
+    return {"data": [], "index": ["data"], "cf": ["data"], "llm": llm_reads, "allmrec": ["data", "cf"],
+            "eval": [stage for stage in ("data", "index", "cf", "llm", "allmrec") if stage in present]}
 
 
 def stage_keys(recipe: Recipe) -> dict[str, str]:
@@ -215,6 +221,25 @@ def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> No
         f"{result.tokens_per_second:,.0f} tokens/s; saved in {out}")
 
 
+def run_allmrec(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
+    from ..align.allmrec import run_stage1
+    from ..align.allmrec_llm import PromptWords, create_stage2, train_stage2
+    from ..cf import from_pretrained
+
+    spec, out = recipe.allmrec, folders["allmrec"]
+    dataset = _dataset(folders)
+    cf_model = from_pretrained(folders["cf"], dataset)
+    joint = None
+    if spec.soft_tokens:
+        _, losses, joint = run_stage1(cf_model, dataset, spec.stage1, out / "stage1", spec.embedder, progress)
+        log(f"A-LLMRec stage 1: {len(losses)} epochs, loss {losses[0]['total']:.4f} -> {losses[-1]['total']:.4f}")
+    recommender = create_stage2(dataset, cf_model, joint, spec.recommender)
+    result, prompts = train_stage2(recommender, dataset, spec.train, out, PromptWords.for_dataset(spec.dataset_name),
+                                   spec.n_candidates, spec.epochs, spec.max_train_rows, resume=True,
+                                   progress=progress)
+    log(f"A-LLMRec stage 2: {prompts:,} prompts, {result.steps} optimiser steps; saved in {out}")
+
+
 def run_eval(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
     """Every model of the run on the same rows: the baselines and the CF model rank the whole catalogue, the LLM
     recommender through constrained beam search; results.json holds metrics, 95% intervals and per-row ranks."""
@@ -244,6 +269,8 @@ def run_eval(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> N
         ranks[name] = evaluation.item_ranks
         extra = {"llm_identifier_metrics": evaluation.identifier_metrics,
                  "llm_users_per_second": evaluation.users_per_second}
+    if "allmrec" in folders:
+        extra["candidates"] = candidate_results(recipe, folders, dataset, scorers.get(recipe.cf.model), progress)
     models = {name: {"metrics": ranking_metrics(r, spec.ks), "ci95": confidence_95(r, spec.ks),
                      "ranks": [None if not np.isfinite(x) else int(x) for x in r]} for name, r in ranks.items()}
     results = {"split": spec.split, "n_examples": len(targets), "ks": list(spec.ks),
@@ -253,4 +280,18 @@ def run_eval(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> N
     log(f"evaluation: {len(models)} models on {len(targets):,} {spec.split} rows; {folders['eval'] / 'results.json'}")
 
 
-STAGES = {"data": run_data, "index": run_index, "cf": run_cf, "llm": run_llm, "eval": run_eval}
+def candidate_results(recipe: Recipe, folders: dict[str, Path], dataset, cf_model, progress: bool) -> dict:
+    """A-LLMRec and the CF model on the same sampled candidate sets (the paper's Hit@1 protocol)."""
+    from ..align.allmrec_llm import evaluate_candidates, load_stage2
+
+    spec, n = recipe.eval, recipe.allmrec.n_candidates
+    recommender, record = load_stage2(folders["allmrec"], dataset)
+    name = "A-LLMRec" if recipe.allmrec.soft_tokens else "LLM-only"
+    return {name: evaluate_candidates(dataset, spec.split, "sampled", n, spec.seed, spec.rows, recommender, record,
+                                      progress=progress),
+            recipe.cf.model: evaluate_candidates(dataset, spec.split, "sampled", n, spec.seed, spec.rows,
+                                                 cf_model=cf_model, progress=progress)}
+
+
+STAGES = {"data": run_data, "index": run_index, "cf": run_cf, "llm": run_llm, "allmrec": run_allmrec,
+          "eval": run_eval}

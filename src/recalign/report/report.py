@@ -33,6 +33,8 @@ def write_report(run_dir: str | Path) -> Path:
                 f"on the same rows; {results['protocol']}. ± is the 95% interval over rows.", "",
                 metrics_markdown(results["models"], ks), "", "![metrics](metrics.png)", ""]
     plot_metrics(results["models"], ks, out / "metrics.png")
+    if "candidates" in results:
+        sections += ["## Candidate protocol (A-LLMRec)", "", *candidate_markdown(results["candidates"]), ""]
     if "index" in folders:
         sections += ["## Semantic IDs", "", *sid_summary(folders["index"], out / "codebooks.png"), "",
                      "![codebook usage](codebooks.png)", ""]
@@ -77,6 +79,18 @@ def plot_metrics(models: dict, ks: tuple[int, ...], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def candidate_markdown(candidates: dict) -> list[str]:
+    any_result = next(iter(candidates.values()))
+    groups = list(any_result["groups"])
+    lines = [f"Hit@1 among {any_result['n_candidates']} candidates (the target and sampled items outside the history, "
+             f"the same sets for every model; rows per group in parentheses).", "",
+             "| model | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+    for name, result in candidates.items():
+        lines.append(f"| {name} | " + " | ".join(f"{result['groups'][g]['Hit@1']:.4f} ({result['groups'][g]['rows']})"
+                                               for g in groups) + " |")
+    return lines
 
 
 def sid_summary(folder: Path, path: Path) -> list[str]:
