@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import REPO, machine
+from common import REPO, CommandRunner, machine
 
 SOURCE = REPO.parent / "shared" / "data" / "amazon18" / "Toys_and_Games"
 DOC = REPO / "docs" / "benchmarks" / "allmrec.md"
@@ -46,24 +43,8 @@ def main() -> int:
         return 1
     work, threads = args.work.resolve(), ["--threads", str(args.threads)]
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    commands, seconds = [], {}
-
-    def run(name: str, argv: list, done: Path, stdout: Path | None = None) -> None:
-        argv = [str(a) for a in argv]
-        commands.append((name, "recalign " + shlex.join(argv) + (f" > {stdout}" if stdout else "")))
-        timing = done.parent / f"seconds-{done.name}.json"
-        if not done.exists():
-            print(f"[{datetime.now():%H:%M:%S}] {name}", flush=True)
-            log = work / "logs" / f"{name.replace(' ', '-')}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            t0 = time.perf_counter()
-            with log.open("w") as errors, (stdout.open("w") if stdout else log.open("a")) as output:
-                subprocess.run([str(args.python), "-m", "recalign.cli", *argv], check=True, cwd=REPO, stdout=output,
-                               stderr=errors)
-            done.parent.mkdir(parents=True, exist_ok=True)
-            timing.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
-        seconds[name] = json.loads(timing.read_text())["seconds"] if timing.exists() else None
-
+    runner = CommandRunner(work, args.python)
+    run = runner.run
     data, cf, s1 = work / "data", work / "sasrec", work / "stage1"
     run("data", ["data", "prepare", "--format", "amazon18", "--source", SOURCE, "--out", data], data / "manifest.json")
     run("SASRec", ["cf", "train", "--data", data, "--model", "sasrec", "--out", cf, "--epochs", "30", *threads],
@@ -86,12 +67,12 @@ def main() -> int:
         run(f"eval {name}", ["allmrec", "eval", *judged, *evaluation], path, stdout=path)
         results[name] = json.loads(path.read_text())
     stage1_log = json.loads((s1 / "alignment.json").read_text())["log"]
-    args.out.write_text(render(args, started, commands, seconds, results, stage1_log))
+    args.out.write_text(render(args, started, runner, results, stage1_log))
     print(f"wrote {args.out}")
     return 0
 
 
-def render(args, started: str, commands, seconds, results, stage1_log) -> str:
+def render(args, started: str, runner: CommandRunner, results, stage1_log) -> str:
     lines = [
         "# A-LLMRec at CPU scale on Toys_and_Games",
         "",
@@ -144,9 +125,9 @@ def render(args, started: str, commands, seconds, results, stage1_log) -> str:
     lines += [f"| {r['epoch']} | {r['matching']:.4f} | {r['item_rec']:.4f} | {r['text_rec']:.4f} | {r['rec']:.4f} "
               f"| {r['total']:.4f} |" for r in stage1_log]
     lines += ["", "## Stage times", "", "| step | seconds |", "|---|---|"]
-    lines += [f"| {name} | {'–' if s is None else f'{s:.0f}'} |" for name, s in seconds.items()]
-    lines += ["", "Times include loading the models and writing the outputs.", "", "## Commands", "", "```"]
-    lines += [f"# {name}\n{command}" for name, command in commands] + ["```", ""]
+    lines += [f"| {name} | {'–' if s is None else f'{s:.0f}'} |" for name, s in runner.seconds.items()]
+    lines += ["", "Times include loading the models and writing the outputs.", "", "## Commands", "",
+              *runner.commands_block(), ""]
     return "\n".join(lines)
 
 

@@ -1,12 +1,17 @@
-"""What the benchmark scripts share: the machine line, amazon18 preparation, and document sections."""
+"""What the benchmark scripts share: the machine line, amazon18 preparation, document sections, and running
+``recalign`` commands resumably."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,3 +46,37 @@ def write_section(document: Path, name: str, text: str, title: str) -> None:
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     document.write_text(pattern.sub(lambda _: block, current) if pattern.search(current)
                         else current.rstrip() + "\n\n" + block + "\n")
+
+
+class CommandRunner:
+    """Runs ``recalign`` commands one at a time for a benchmark, each unless its output ``done`` exists (so an
+    interrupted benchmark resumes), recording the command (for the report) and its time (``seconds-<done>.json``
+    beside ``done``, so a resumed run still reports it). Standard error goes to ``work/logs/<name>.log``."""
+
+    def __init__(self, work: Path, python: str | Path = sys.executable):
+        self.work, self.python = Path(work), str(python)
+        self.commands: list[tuple[str, str]] = []
+        self.seconds: dict[str, float | None] = {}
+
+    def run(self, name: str, argv: list, done: Path, stdout: Path | None = None) -> float | None:
+        argv = [str(a) for a in argv]
+        self.commands.append((name, "recalign " + shlex.join(argv) + (f" > {stdout}" if stdout else "")))
+        timing = done.parent / f"seconds-{done.name}.json"
+        if not done.exists():
+            print(f"[{datetime.now():%H:%M:%S}] {name}", flush=True)
+            log = self.log_path(name)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            with log.open("w") as errors, (stdout.open("w") if stdout else log.open("a")) as output:
+                subprocess.run([self.python, "-m", "recalign.cli", *argv], check=True, cwd=REPO, stdout=output,
+                               stderr=errors)
+            done.parent.mkdir(parents=True, exist_ok=True)
+            timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
+        self.seconds[name] = json.loads(timing.read_text())["seconds"] if timing.exists() else None
+        return self.seconds[name]
+
+    def log_path(self, name: str) -> Path:
+        return self.work / "logs" / f"{name.replace(': ', '-').replace(' ', '-')}.log"
+
+    def commands_block(self) -> list[str]:
+        return ["```"] + [f"# {name}\n{command}" for name, command in self.commands] + ["```"]

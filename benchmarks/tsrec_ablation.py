@@ -14,21 +14,19 @@ Every step is a ``recalign`` command (printed in the report), run one at a time:
 
 Finished steps are kept under ``--work`` (``result.json`` per arm), so an interrupted run resumes.
 
-    .venv/bin/python benchmarks/tsrec_ablation.py --examples 640 --test-rows 150 --threads 2
+    .venv/bin/python benchmarks/tsrec_ablation.py --examples 512 --test-rows 150 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import REPO, machine
+from common import REPO, CommandRunner, machine
 
 SHARED = REPO.parent / "shared" / "data"
 INDUSTRIAL = SHARED / "minionerec" / "Industrial_and_Scientific"
@@ -43,35 +41,9 @@ PUBLISHED = {"SASRec": (.0790, .0700, .0909, .0748, .1088, .0806),
              "MiniOneRec": (.1143, .1011, .1321, .1084, .1586, .1167)}
 
 
-class Runner:
-    def __init__(self, args):
-        self.args, self.commands, self.seconds = args, [], {}
-
-    def run(self, name: str, argv: list[str], done: Path, stdout: Path | None = None) -> None:
-        """``recalign ARGV`` unless ``done`` exists (its standard output to ``stdout`` if given, else to the log);
-        the command is recorded either way, and its time in ``seconds.json`` beside ``done``."""
-        command = [str(self.args.python), "-m", "recalign.cli", *argv]
-        self.commands.append((name, "recalign " + shlex.join(argv) + (f" > {stdout}" if stdout else "")))
-        if done.exists():
-            return
-        print(f"[{datetime.now():%H:%M:%S}] {name}", flush=True)
-        t0 = time.perf_counter()
-        log = self.args.work / "logs" / f"{name.replace(': ', '-').replace(' ', '-')}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as errors, (stdout.open("w") if stdout else log.open("a")) as output:
-            subprocess.run(command, check=True, cwd=REPO, stdout=output, stderr=errors)
-        self.seconds[name] = time.perf_counter() - t0
-        (done.parent / f"seconds-{done.name}.json").write_text(json.dumps({"seconds": self.seconds[name]}))
-
-
-def stage_seconds(done: Path) -> float | None:
-    path = done.parent / f"seconds-{done.name}.json"
-    return json.loads(path.read_text())["seconds"] if path.exists() else None
-
-
-def prepare(runner: Runner, name: str) -> tuple[Path, Path, str, Path]:
+def prepare(runner: CommandRunner, args, name: str) -> tuple[Path, Path, str, Path]:
     """(dataset, SIDs, semantics source, CF model) of one dataset."""
-    work, threads = runner.args.work / name, ["--threads", str(runner.args.threads)]
+    work, threads = args.work / name, ["--threads", str(args.threads)]
     data, sids, cf = work / "data", work / "sids", work / "sasrec"
     if name == "Industrial_and_Scientific":
         runner.run(f"{name}: data", ["data", "prepare", "--format", "minionerec", "--source", str(INDUSTRIAL),
@@ -83,7 +55,7 @@ def prepare(runner: Runner, name: str) -> tuple[Path, Path, str, Path]:
         runner.run(f"{name}: data", ["data", "prepare", "--format", "amazon18", "--source",
                                      str(SHARED / "amazon18" / name), "--out", str(data)], data / "manifest.json")
         runner.run(f"{name}: SIDs", ["index", "build", "--kind", "sid", "--method", "rqvae", "--data", str(data),
-                                     "--out", str(sids), "--epochs", str(runner.args.rqvae_epochs), *threads],
+                                     "--out", str(sids), "--epochs", str(args.rqvae_epochs), *threads],
                    sids / "sids.json")
         semantics = "tfidf"
     runner.run(f"{name}: SASRec", ["cf", "train", "--data", str(data), "--model", "sasrec", "--out", str(cf),
@@ -91,17 +63,16 @@ def prepare(runner: Runner, name: str) -> tuple[Path, Path, str, Path]:
     return data, sids, semantics, cf
 
 
-def run_arm(runner: Runner, name: str, arm: str, data: Path, sids: Path, semantics: str, cf: Path) -> dict:
-    args = runner.args
+def run_arm(runner: CommandRunner, args, name: str, arm: str, data: Path, sids: Path, semantics: str,
+            cf: Path) -> dict:
     out = args.work / name / arm
     extra = [*ARMS[arm], *(["--cf", str(cf)] if arm == "tca" else [])]
-    runner.run(f"{name}: {arm} train", [
+    train_seconds = runner.run(f"{name}: {arm} train", [
         "llm", "train", "--data", str(data), "--out", str(out), "--backbone", "smollm2-135m", "--finetune", "full",
         "--sids", str(sids), "--semantics", semantics, *extra, "--max-examples", str(args.examples),
         "--epochs", "1", "--batch-size", "16", "--micro-batch-size", "4", "--lr", str(args.lr),
         "--warmup-steps", "5", "--seed", str(args.seed), "--eval-split", "", "--threads", str(args.threads)],
         out / "config.json")
-    train_seconds = stage_seconds(out / "config.json")
     result = out / "result.json"
     runner.run(f"{name}: {arm} eval", [
         "llm", "eval", "--data", str(data), "--model", str(out), "--k", ",".join(map(str, KS)), "--beams", "10",
@@ -115,7 +86,7 @@ def run_arm(runner: Runner, name: str, arm: str, data: Path, sids: Path, semanti
     log = (out / "train" / "train_log.csv").read_text().splitlines()
     record["train_seconds"] = train_seconds
     record["final_loss"] = float(log[-1].split(",")[2]) if len(log) > 1 else None
-    record["task_mix"] = task_mix(args.work / "logs" / f"{name}-{arm}-train.log")
+    record["task_mix"] = task_mix(runner.log_path(f"{name}: {arm} train"))
     return record
 
 
@@ -126,8 +97,7 @@ def task_mix(log: Path) -> str:
     return ""
 
 
-def render(runner: Runner, results: dict, stats: dict, started: str) -> str:
-    args = runner.args
+def render(runner: CommandRunner, args, results: dict, stats: dict, started: str) -> str:
     lines = [
         "# TS-Rec ablation at CPU scale",
         "",
@@ -191,8 +161,7 @@ def render(runner: Runner, results: dict, stats: dict, started: str) -> str:
               "", "| model | HR@3 | NDCG@3 | HR@5 | NDCG@5 | HR@10 | NDCG@10 |", "|---|---|---|---|---|---|---|"]
     for model, values in PUBLISHED.items():
         lines.append(f"| {model} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
-    lines += ["", "## Commands", "", "```"]
-    lines += [f"# {name}\n{command}" for name, command in runner.commands] + ["```", ""]
+    lines += ["", "## Commands", "", *runner.commands_block(), ""]
     return "\n".join(lines)
 
 
@@ -200,7 +169,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="Industrial_and_Scientific,Toys_and_Games")
     parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--examples", type=int, default=640)
+    parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--test-rows", type=int, default=150)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--rqvae-epochs", type=int, default=1000)
@@ -215,10 +184,10 @@ def main() -> int:
         print(f"{SHARED} is absent: this benchmark needs the shared data", file=sys.stderr)
         return 1
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    runner = Runner(args)
+    runner = CommandRunner(args.work, args.python)
     results, stats = {}, {}
     for name in args.datasets.split(","):
-        data, sids, semantics, cf = prepare(runner, name)
+        data, sids, semantics, cf = prepare(runner, args, name)
         shown = subprocess.run([str(args.python), "-m", "recalign.cli", "index", "stats", str(sids)], cwd=REPO,
                                capture_output=True, text=True, check=True)
         stats[name] = shown.stdout
@@ -227,9 +196,9 @@ def main() -> int:
             stats["ind_train"] = f"{counts['train']:,}"
         results[name] = {}
         for arm in args.arms.split(","):
-            results[name][arm] = run_arm(runner, name, arm, data, sids, semantics, cf)
-            args.out.write_text(render(runner, results, stats, started))
-    args.out.write_text(render(runner, results, stats, started))
+            results[name][arm] = run_arm(runner, args, name, arm, data, sids, semantics, cf)
+            args.out.write_text(render(runner, args, results, stats, started))
+    args.out.write_text(render(runner, args, results, stats, started))
     print(f"wrote {args.out}")
     return 0
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..cf.base import CFModel
 from ..cf.base import from_pretrained as load_cf_model
-from ..llm.hooks import EmbeddingHook
+from ..llm.hooks import EmbeddingHook, overwrite_rows
 from ..llm.train import SFTExample
 
 USER_TOKEN, HISTORY_TOKEN, CANDIDATE_TOKEN = "[UserRep]", "[HistoryEmb]", "[CandidateEmb]"
@@ -158,10 +158,7 @@ class ALLMRecHook(EmbeddingHook):
             rows.append(user_rows)
             cols.append(user_cols)
             values.append(self.user_projector(users))
-        if not rows:
-            return embeds
-        index = (torch.cat(rows).to(embeds.device), torch.cat(cols).to(embeds.device))
-        return embeds.index_put(index, torch.cat(values).to(embeds.device, embeds.dtype))
+        return overwrite_rows(embeds, rows, cols, values)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)

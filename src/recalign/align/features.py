@@ -36,7 +36,7 @@ from torch import nn
 
 from ..cf.base import CFModel
 from ..cf.base import from_pretrained as load_cf_model
-from ..llm.hooks import EmbeddingHook
+from ..llm.hooks import EmbeddingHook, overwrite_rows
 
 WEIGHTS = "feature_injector.safetensors"
 CONFIG = "feature_injector.json"
@@ -149,10 +149,7 @@ class CFFeatureInjector(EmbeddingHook):
                 rows.append(user_rows)
                 cols.append(user_cols)
                 values.append(self.user_mlp(features))
-        if not rows:
-            return embeds
-        index = (torch.cat(rows).to(embeds.device), torch.cat(cols).to(embeds.device))
-        return embeds.index_put(index, torch.cat(values).to(embeds.device, embeds.dtype))
+        return overwrite_rows(embeds, rows, cols, values)
 
     # persistence --------------------------------------------------------------------------------------------
 

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from .common import ThreadsOption, console, fail, load_dataset_or_fail, quiet_transformers, set_threads
+from .common import (
+    EmbedderOption,
+    ThreadsOption,
+    console,
+    fail,
+    load_cf_or_fail,
+    load_dataset_or_fail,
+    quiet_transformers,
+    set_threads,
+)
 
 allmrec_app = typer.Typer(help="A-LLMRec: align a frozen CF model with a frozen LLM (stage 1, stage 2, eval).",
                           no_args_is_help=True)
@@ -17,23 +26,12 @@ DataOption = Annotated[Path, typer.Option(help="A prepared dataset folder.")]
 CFOption = Annotated[Path, typer.Option(help="A CF model folder (`recalign cf train`); it stays frozen.")]
 
 
-def load_cf(cf: Path, dataset):
-    from ..cf import from_pretrained
-    from ..data import CatalogueMismatch
-
-    try:
-        return from_pretrained(cf, dataset)
-    except (ValueError, FileNotFoundError, CatalogueMismatch) as exc:
-        fail(str(exc))
-
-
 @allmrec_app.command("stage1")
 def stage1(
     data: DataOption,
     cf: CFOption,
     out: Annotated[Path, typer.Option(help="Folder for the alignment network and the joint item embeddings.")],
-    embedder: Annotated[str, typer.Option(help="sentence-transformers model of the item texts.")] =
-        "all-MiniLM-L6-v2",
+    embedder: EmbedderOption = "all-MiniLM-L6-v2",
     epochs: Annotated[int, typer.Option(help="Passes over the training rows.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
@@ -55,7 +53,7 @@ def stage1(
     from ..align.allmrec import Stage1Config, run_stage1
 
     dataset = load_dataset_or_fail(data)
-    cf_model = load_cf(cf, dataset)
+    cf_model = load_cf_or_fail(cf, dataset)
     try:
         config = Stage1Config(item_weight=item_weight, text_weight=text_weight, rec_weight=rec_weight,
                               rec_score=rec_score, epochs=epochs, batch_size=batch_size, lr=lr, cf_dropout=cf_dropout,
@@ -110,7 +108,7 @@ def stage2(
     dataset = load_dataset_or_fail(data)
     if soft_tokens and stage1_dir is None:
         fail("soft tokens need --stage1 DIR (from `recalign allmrec stage1`)")
-    cf_model = load_cf(cf, dataset)
+    cf_model = load_cf_or_fail(cf, dataset)
     try:
         config = RecommenderConfig(backbone, precision, "frozen" if soft_tokens else "lora",
                                    LoraSettings(r=lora_r, alpha=2 * lora_r), max_history=max_history, seed=seed)
@@ -152,7 +150,7 @@ def evaluate(
     if model is None and cf is None:
         fail("give --model (a stage-2 folder) or --cf (a CF model), or both for --protocol retrieved")
     dataset = load_dataset_or_fail(data)
-    cf_model = load_cf(cf, dataset) if cf else None
+    cf_model = load_cf_or_fail(cf, dataset) if cf else None
     recommender, record = None, {}
     if model is not None:
         try:

@@ -88,3 +88,18 @@ def make_protocol(kind: str, exclude_history: bool, negatives: int, seed: int):
         return Protocol(kind, exclude_history, negatives, seed)
     except ValueError as exc:
         fail(str(exc))
+
+
+EmbedderOption = Annotated[str, typer.Option(help="sentence-transformers model of the item texts (title, then "
+                                                  "description): a hub id, a folder, or the packaged default.")]
+
+
+def load_cf_or_fail(cf_dir, dataset):
+    """A saved CF model of ``dataset``'s catalogue, or a clean CLI failure."""
+    from ..cf import from_pretrained
+    from ..data import CatalogueMismatch
+
+    try:
+        return from_pretrained(cf_dir, dataset)
+    except (ValueError, FileNotFoundError, CatalogueMismatch) as exc:
+        fail(str(exc))

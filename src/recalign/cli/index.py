@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import ThreadsOption, console, fail, load_dataset_or_fail, set_threads
+from .common import EmbedderOption, ThreadsOption, console, fail, load_dataset_or_fail, set_threads
 
 index_app = typer.Typer(help="Item identifiers: build or import semantic IDs and show their statistics.",
                         no_args_is_help=True)
@@ -27,9 +27,7 @@ def index_build(
     out: OutOption,
     kind: Annotated[str, typer.Option(help="Identifier kind; 'sid' (titles need no build step).")] = "sid",
     method: Annotated[str, typer.Option(help="'rqvae' (RQ-VAE) or 'rqkmeans' (residual k-means).")] = "rqvae",
-    embedder: Annotated[str, typer.Option(help="sentence-transformers model for the item texts (title + "
-                                               "description): a hub id, a folder, or the packaged default.")] =
-        "all-MiniLM-L6-v2",
+    embedder: EmbedderOption = "all-MiniLM-L6-v2",
     levels: Annotated[int, typer.Option(help="Code levels.")] = 3,
     codebook_size: Annotated[int, typer.Option(help="Codes per level.")] = 256,
     latent_dim: Annotated[int, typer.Option(help="RQ-VAE latent size.")] = 32,

@@ -12,6 +12,7 @@ from .common import (
     ThreadsOption,
     console,
     fail,
+    load_cf_or_fail,
     load_dataset_or_fail,
     metrics_table,
     parse_ks,
@@ -277,17 +278,6 @@ def sid_setup(dataset, sids_dir: Path, sa_init: bool, ts_align: bool, source: st
     covered = sum(t in semantics for t in {t for sid in semantic_ids.sids for t in sid})
     console.print(f"token semantics ({source}): {covered} of {semantic_ids.stats.tokens} SID tokens covered")
     return semantic_ids, semantics, tsrec.sa_init_hook(semantics, console.print) if sa_init else None
-
-
-def load_cf_or_fail(cf_dir: Path, dataset):
-    """A saved CF model of ``dataset``'s catalogue, or a clean CLI failure."""
-    from ..cf import from_pretrained
-    from ..data import CatalogueMismatch
-
-    try:
-        return from_pretrained(cf_dir, dataset)
-    except (ValueError, FileNotFoundError, CatalogueMismatch) as exc:
-        fail(str(exc))
 
 
 def tca_hook(dataset, recommender, cf_dir: Path | None, out: Path, **settings):

@@ -62,3 +62,13 @@ def hooked_embeddings(model: nn.Module, input_ids: torch.Tensor, hook: Embedding
         raise ValueError(f"an embedding hook needs one history per row: {input_ids.shape[0]} rows, "
                          f"{'no' if histories is None else len(histories)} histories")
     return hook(model.get_input_embeddings()(input_ids), input_ids, histories)
+
+
+def overwrite_rows(embeds: torch.Tensor, rows: list[torch.Tensor], cols: list[torch.Tensor],
+                   values: list[torch.Tensor]) -> torch.Tensor:
+    """``embeds`` with the rows at (rows[k], cols[k]) replaced by values[k] (cast to the embeddings' dtype and
+    device), out of place so autograd reaches the values; ``embeds`` itself when there is nothing to write."""
+    if not rows:
+        return embeds
+    index = (torch.cat(rows).to(embeds.device), torch.cat(cols).to(embeds.device))
+    return embeds.index_put(index, torch.cat(values).to(embeds.device, embeds.dtype))
