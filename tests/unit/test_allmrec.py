@@ -166,3 +166,27 @@ def test_stage2_trains_the_projectors_only_and_decodes_candidates_only(soft_reco
     loaded = LLMRecommender.from_pretrained(saved, dataset)
     assert loaded.config.finetune == "frozen" and isinstance(loaded.embedding_hook, ALLMRecHook)
     assert pick(loaded, [0, 2, 3], candidates, PromptWords(), True, num_beams=5) == groups
+
+
+def test_interaction_counts_count_each_user_item_pair_once():
+    import pandas as pd
+
+    from recalign.data.dataset import Dataset, item_table
+    from recalign.data.sequences import examples_from_lists
+
+    # user 0's rows overlap: [0, 1] -> 2 and [0, 1, 2] -> 3; user 1: [1] -> 4
+    train = examples_from_lists([0, 0, 1], ["u0", "u0", "u1"], [[0, 1], [0, 1, 2], [1]], [2, 3, 4], [0, 0, 0])
+    items = pd.DataFrame({"raw_id": [f"i{i}" for i in range(6)], "title": [f"t{i}" for i in range(6)]})
+    empty = examples_from_lists([], [], [], [], [])
+    dataset = Dataset(item_table(items), {"train": train, "valid": empty, "test": empty})
+    assert interaction_counts(dataset).tolist() == [1, 2, 1, 1, 1, 0]
+
+
+def test_stage1_refuses_to_resume_another_run(tmp_path):
+    dataset = rule_dataset()
+    cf = cf_for(dataset)
+    texts = np.ones((dataset.n_items, 5), dtype=np.float32)
+    train_stage1(cf, dataset, texts, Stage1Config(latent=4, epochs=1, batch_size=8), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        train_stage1(cf, dataset, texts, Stage1Config(latent=4, epochs=2, batch_size=8, lr=1e-3), tmp_path,
+                     progress=False)

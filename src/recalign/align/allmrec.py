@@ -124,12 +124,13 @@ class AlignmentNetwork(nn.Module):
 
 
 def interaction_counts(dataset) -> np.ndarray:
-    """How often each item occurs in the training rows (histories and targets)."""
+    """Per item, how many users interacted with it in the training rows (histories and targets). Rows of one user
+    overlap (each carries the window before its target), so pairs are counted once, not once per row."""
     frame = dataset.split("train")
+    pairs = {(user, int(item)) for user, history, target in zip(frame["user"], frame["history"], frame["target"])
+             for item in (*history, target)}
     counts = np.zeros(dataset.n_items, dtype=np.int64)
-    for history, target in zip(frame["history"], frame["target"]):
-        np.add.at(counts, np.asarray(history, dtype=np.int64), 1)
-        counts[int(target)] += 1
+    np.add.at(counts, np.array([item for _, item in pairs], dtype=np.int64), 1)
     return counts
 
 
@@ -169,9 +170,15 @@ def train_stage1(cf_model: CFModel, dataset, text_embeddings: np.ndarray, config
     parameters = list(network.parameters()) + (list(text_encoder.parameters()) if config.finetune_text else [])
     optimiser = torch.optim.Adam(parameters, lr=config.lr, betas=(0.9, 0.98), eps=1e-8)
     state_path = out / "stage1_checkpoint.pt"
+    # what the checkpoint was trained from: a resumed run must be the same run
+    signature = {"config": asdict(config), "cf": float(cf_items.double().sum()), "text_shape": list(text_table.shape),
+                 "text": float(text_table.double().sum()), "n_items": dataset.n_items}
     start, log = 0, []
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
+        if state.get("signature") != signature:
+            raise ValueError(f"{state_path} was trained with other settings, CF model or texts; use another "
+                             "output folder (or delete the checkpoint)")
         network.load_state_dict(state["network"])
         optimiser.load_state_dict(state["optimiser"])
         if config.finetune_text:
@@ -200,7 +207,7 @@ def train_stage1(cf_model: CFModel, dataset, text_embeddings: np.ndarray, config
         log.append({"epoch": epoch + 1, **{name: value / batches for name, value in sums.items()}})
         out.mkdir(parents=True, exist_ok=True)
         state = {"network": network.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch + 1,
-                 "log": log}
+                 "log": log, "signature": signature}
         if config.finetune_text:
             state["text_encoder"] = text_encoder.state_dict()
         torch.save(state, state_path.with_suffix(".tmp"))
@@ -227,7 +234,8 @@ def run_stage1(cf_model: CFModel, dataset, config: Stage1Config, out: str | Path
     if config.finetune_text:
         from sentence_transformers import SentenceTransformer
 
-        encoder = SentenceTransformer(encoder_source(embedder))
+        encoder = SentenceTransformer(encoder_source(embedder), device="cpu")  # beside the alignment network
+        encoder.train()  # its dropout on while it trains, as the paper's SBERT
     network, log = train_stage1(cf_model, dataset, embeddings, config, out, encoder, texts, progress)
     if config.finetune_text:  # the cold path reads the fine-tuned encoder
         encoder.save(str(out / "text_encoder"))

@@ -187,7 +187,8 @@ class ALLMRecHook(EmbeddingHook):
 
 def encode(recommender, history: Sequence[int], candidates: Sequence[int], words: PromptWords,
            soft_tokens: bool) -> list[int]:
-    shown = [int(i) for i in history][-recommender.config.max_history:]
+    limit = recommender.config.max_history
+    shown = [int(i) for i in history][-limit:] if limit else []
     text = prompt_text([recommender.titles[i] for i in shown], [recommender.titles[int(i)] for i in candidates],
                        words, soft_tokens)
     return list(recommender.tokenizer(text, add_special_tokens=True).input_ids)
@@ -244,9 +245,9 @@ def lenient_hit(recommender, history: Sequence[int], candidates: Sequence[int], 
     device = next(model.parameters()).device
     prompt = prompt.to(device)
     hook = recommender.embedding_hook
-    embeds = (hooked_embeddings(model, prompt, hook, [(tuple(history), tuple(candidates))]) if hook
-              else model.get_input_embeddings()(prompt))
     with torch.no_grad():
+        embeds = (hooked_embeddings(model, prompt, hook, [(tuple(history), tuple(candidates))]) if hook
+                  else model.get_input_embeddings()(prompt))
         output = model.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(prompt), do_sample=False,
                                 num_beams=1, max_new_tokens=max_new_tokens, repetition_penalty=1.5,
                                 pad_token_id=recommender.pad_id)
@@ -281,9 +282,10 @@ def item_groups(dataset, split: str, max_rows: int | None, warm_share: float = 0
     frame = dataset.split(split).iloc[:max_rows]
     target_counts = counts[frame["target"].to_numpy().astype(np.int64)]
     train_users = set(dataset.split("train")["user"].tolist())
+    cold = target_counts <= np.quantile(counts, warm_share)
     return {"all": np.ones(len(frame), dtype=bool),
-            "warm items": target_counts >= np.quantile(counts, 1 - warm_share),
-            "cold items": target_counts <= np.quantile(counts, warm_share),
+            "warm items": (target_counts >= np.quantile(counts, 1 - warm_share)) & ~cold,  # disjoint when tied
+            "cold items": cold,
             "cold users": np.array([u not in train_users for u in frame["user"]])}
 
 
@@ -297,6 +299,8 @@ def create_stage2(dataset, cf_model: CFModel, joint: np.ndarray | None, config):
     tokens and the projectors; without, the LLM-only baseline (``config.finetune`` decides how the LLM trains)."""
     from ..llm.recommender import LLMRecommender
 
+    if joint is not None and len(joint) != dataset.n_items:
+        raise ValueError(f"stage 1's joint embeddings cover {len(joint)} items, the dataset has {dataset.n_items}")
     recommender = LLMRecommender.create(dataset, config)
     if joint is not None:
         ids = recommender.add_special_tokens(list(SOFT_TOKENS))

@@ -265,6 +265,8 @@ class LLMRecommender:
             _save_added_rows(self.added_rows, directory / ADDED_ROWS)
         if self.feature_injector is not None:
             save_hook(self.feature_injector, directory)
+        else:  # a folder reused from a run with a hook must not load it back
+            (directory / HOOK_RECORD).unlink(missing_ok=True)
         return directory
 
     @classmethod
@@ -303,7 +305,8 @@ class LLMRecommender:
                 model = PeftModel.from_pretrained(model, directory / "adapter")
                 if merge:
                     model = model.merge_and_unload()
-            model.requires_grad_(config.finetune != "frozen")
+            if config.finetune == "frozen":
+                model.requires_grad_(False)
         if device is None:  # decoding is where a GPU pays most; under `accelerate launch`, this process's GPU
             from .train import launch_state
 

@@ -183,6 +183,14 @@ class LabelPositionLM(nn.Module):
         self.model = model
         self.embedding_hook = embedding_hook
 
+    def train(self, mode: bool = True) -> LabelPositionLM:
+        """A frozen model (no trainable weight: only the hook learns, e.g. A-LLMRec's projectors) stays in eval
+        mode, its dropout off."""
+        super().train(mode)
+        if not any(p.requires_grad for p in self.model.parameters()):
+            self.model.eval()
+        return self
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 label_rows: torch.Tensor, label_cols: torch.Tensor,
                 histories: Sequence[Sequence[int]] | None = None) -> torch.Tensor:

@@ -113,9 +113,11 @@ class AllmrecStage:
     dataset_name: str = ""  # the Amazon category, for the prompt's words
 
     def __post_init__(self) -> None:
-        if self.soft_tokens and self.recommender.finetune != "frozen":
-            raise RecipeError("allmrec.recommender.finetune must be frozen with soft tokens (only the projectors "
-                              "train)")
+        if self.soft_tokens != (self.recommender.finetune == "frozen"):
+            raise RecipeError("allmrec.recommender.finetune is frozen with soft tokens (only the projectors train) "
+                              "and lora or full without them (the LLM-only baseline)")
+        if self.train.epochs != 1:
+            raise RecipeError("allmrec.train.epochs must be 1: allmrec.epochs sets the passes (fresh negatives each)")
 
 
 @dataclass
