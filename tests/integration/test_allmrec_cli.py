@@ -50,6 +50,10 @@ def test_allmrec_commands(tmp_path, monkeypatch):
         assert groups["all"]["rows"] == 6 and 0 <= groups["all"]["Hit@1"] <= 1
         assert groups["warm items"]["rows"] + groups["cold items"]["rows"] <= 6
     assert results["a"]["n_candidates"] == 10 and "Hit@1 lenient" in results["a"]["groups"]["all"]
+    for command in (["llm", "eval", "--data", str(data), "--model", str(tmp_path / "a")],
+                    ["recommend", "--model", str(tmp_path / "a"), "--history", "1,2"]):
+        refused = runner.invoke(app, command)
+        assert refused.exit_code == 1 and "recalign allmrec eval" in refused.output
     retrieved = json.loads(invoke("allmrec", "eval", "--data", data, "--model", tmp_path / "a", "--cf",
                                   tmp_path / "cf", "--protocol", "retrieved", "--rows", "4", "--json"))
     assert retrieved["protocol"] == "retrieved" and retrieved["groups"]["all"]["rows"] == 4

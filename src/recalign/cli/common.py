@@ -103,3 +103,13 @@ def load_cf_or_fail(cf_dir, dataset):
         return from_pretrained(cf_dir, dataset)
     except (ValueError, FileNotFoundError, CatalogueMismatch) as exc:
         fail(str(exc))
+
+
+def refuse_candidate_model(model) -> None:
+    """A-LLMRec stage-2 folders pick among given candidates: commands that generate from a history alone refuse
+    them with a pointer to the command that judges them."""
+    from pathlib import Path
+
+    if (Path(model) / "allmrec.json").exists():
+        fail(f"{model} is an A-LLMRec stage-2 model: it picks among given candidates, which this command does not "
+             "take; judge it with `recalign allmrec eval`")

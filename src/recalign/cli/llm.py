@@ -17,6 +17,7 @@ from .common import (
     metrics_table,
     parse_ks,
     quiet_transformers,
+    refuse_candidate_model,
     set_threads,
 )
 from .evaluate import JsonOption, KOption, SplitOption, TrainedOnOption
@@ -319,6 +320,7 @@ def llm_eval(
     from ..llm.recommender import LLMRecommender
 
     ks = parse_ks(k)
+    refuse_candidate_model(model)
     dataset = load_dataset_or_fail(data)
     try:
         recommender = LLMRecommender.from_pretrained(model, dataset)
@@ -389,6 +391,7 @@ def recommend_command(
     from ..llm.recommender import LLMRecommender
 
     quiet_transformers()
+    refuse_candidate_model(model)
     try:
         recommender = LLMRecommender.from_pretrained(model)
     except (FileNotFoundError, KeyError, ValueError) as exc:

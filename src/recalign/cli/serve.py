@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import ThreadsOption, console, fail, quiet_transformers, set_threads
+from .common import ThreadsOption, console, fail, quiet_transformers, refuse_candidate_model, set_threads
 
 
 def serve_command(
@@ -28,6 +28,7 @@ def serve_command(
 
     set_threads(threads)
     quiet_transformers()
+    refuse_candidate_model(model)
     try:
         recommender = LLMRecommender.from_pretrained(model)
         app = create_app(recommender, ServeSettings(beams=beams, max_batch=max_batch, max_wait_ms=max_wait_ms,
