@@ -37,6 +37,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_allmrec")
     parser.add_argument("--python", type=Path, default=Path(sys.executable))
     parser.add_argument("--out", type=Path, default=DOC)
+    parser.add_argument("--note", default="", help="a paragraph for the report (e.g. what else ran meanwhile)")
     args = parser.parse_args()
     if not SOURCE.is_dir():
         print(f"{SOURCE} is absent: this benchmark needs the shared data", file=sys.stderr)
@@ -78,8 +79,9 @@ def render(args, started: str, runner: CommandRunner, results, stage1_log) -> st
         "",
         f"Produced by `{' '.join(['.venv/bin/python', 'benchmarks/allmrec_toys.py', *sys.argv[1:]])}` from the "
         f"repository root (started {started}), on {machine()}; every step one at a time, each the `recalign` "
-        "command listed under *Commands*.",
+        "command listed under *Commands*; finished steps are reused when the command is run again.",
         "",
+        *([args.note, ""] if args.note else []),
         "## Setting",
         "",
         "- **Data**: amazon18 Toys_and_Games as shipped (10,000 / 5,000 / 5,000 rows of a 10-item history and its "

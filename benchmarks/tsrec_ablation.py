@@ -101,9 +101,11 @@ def render(runner: CommandRunner, args, results: dict, stats: dict, started: str
     lines = [
         "# TS-Rec ablation at CPU scale",
         "",
-        f"Produced by `{' '.join(sys.argv)}` from the repository root (started {started}), on {machine()}; one "
-        "step at a time, nothing else heavy running. Each step is the `recalign` command listed under *Commands*.",
+        f"Produced by `{' '.join(['.venv/bin/python', 'benchmarks/tsrec_ablation.py', *sys.argv[1:]])}` from the "
+        f"repository root (started {started}), on {machine()}; one step at a time, each the `recalign` command "
+        "listed under *Commands*; finished steps are reused when the command is run again.",
         "",
+        *([args.note, ""] if args.note else []),
         "## Setting",
         "",
         f"- **Backbone**: SmolLM2-135M-Instruct, bf16, full fine-tuning (as the reference), AdamW lr {args.lr}, "
@@ -178,6 +180,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_tsrec")
     parser.add_argument("--python", type=Path, default=Path(sys.executable))
     parser.add_argument("--out", type=Path, default=DOC)
+    parser.add_argument("--note", default="", help="a paragraph for the report (e.g. what else ran meanwhile)")
     args = parser.parse_args()
     args.work = args.work.resolve()
     if not INDUSTRIAL.is_dir():
