@@ -18,7 +18,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import REPO, CommandRunner, machine
+from common import REPO, CommandRunner, machine, shown_command
 
 SOURCE = REPO.parent / "shared" / "data" / "amazon18" / "Toys_and_Games"
 DOC = REPO / "docs" / "benchmarks" / "allmrec.md"
@@ -77,7 +77,7 @@ def render(args, started: str, runner: CommandRunner, results, stage1_log) -> st
     lines = [
         "# A-LLMRec at CPU scale on Toys_and_Games",
         "",
-        f"Produced by `{' '.join(['.venv/bin/python', 'benchmarks/allmrec_toys.py', *sys.argv[1:]])}` from the "
+        f"Produced by `{shown_command('allmrec_toys.py')}` from the "
         f"repository root (started {started}), on {machine()}; every step one at a time, each the `recalign` "
         "command listed under *Commands*; finished steps are reused when the command is run again.",
         "",

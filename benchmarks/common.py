@@ -80,3 +80,17 @@ class CommandRunner:
 
     def commands_block(self) -> list[str]:
         return ["```"] + [f"# {name}\n{command}" for name, command in self.commands] + ["```"]
+
+
+def shown_command(script: str, hidden: tuple[str, ...] = ("--note",)) -> str:
+    """The command line that produced a report, from the repository root, without options that only annotate it."""
+    argv, shown = sys.argv[1:], []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in hidden:
+            skip = True
+        elif not arg.startswith(tuple(f"{h}=" for h in hidden)):
+            shown.append(arg)
+    return shlex.join([".venv/bin/python", f"benchmarks/{script}", *shown])

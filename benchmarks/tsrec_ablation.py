@@ -26,7 +26,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import REPO, CommandRunner, machine
+from common import REPO, CommandRunner, machine, shown_command
 
 SHARED = REPO.parent / "shared" / "data"
 INDUSTRIAL = SHARED / "minionerec" / "Industrial_and_Scientific"
@@ -101,7 +101,7 @@ def render(runner: CommandRunner, args, results: dict, stats: dict, started: str
     lines = [
         "# TS-Rec ablation at CPU scale",
         "",
-        f"Produced by `{' '.join(['.venv/bin/python', 'benchmarks/tsrec_ablation.py', *sys.argv[1:]])}` from the "
+        f"Produced by `{shown_command('tsrec_ablation.py')}` from the "
         f"repository root (started {started}), on {machine()}; one step at a time, each the `recalign` command "
         "listed under *Commands*; finished steps are reused when the command is run again.",
         "",
