@@ -17,6 +17,12 @@ OutOption = Annotated[Path, typer.Option(help="Folder for the SIDs (sids.json + 
 
 
 def show_stats(sids) -> None:
+    meta = sids.meta
+    if "collision_rate_before" in meta:
+        repairs = meta.get("collision_repairs", {})
+        console.print(f"built by {meta['method']} over {meta.get('embedder', '?')} embeddings; collision rate before "
+                      f"repair {meta['collision_rate_before']:.2%}; {meta['collisions']}: {repairs.get('moved', 0):,} "
+                      f"items moved to a free last-level code, {repairs.get('extra_level', 0):,} given an extra level")
     for line in sids.stats.lines():
         console.print(line)
 
@@ -68,8 +74,6 @@ def index_build(
         import pandas as pd
 
         pd.DataFrame(log).to_csv(out / "train_log.csv", index=False)
-    console.print(f"collision rate before repair {sids.meta['collision_rate_before']:.2%}; repairs "
-                  f"{sids.meta['collision_repairs']}")
     show_stats(sids)
     console.print(f"SIDs saved in {out}")
 
