@@ -32,6 +32,8 @@ def main() -> int:
     parser.add_argument("--test-rows", type=int, default=150)
     parser.add_argument("--projector-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=3e-4)
+    parser.add_argument("--cf", type=Path, help="a SASRec already trained on the same prepared Toys data (e.g. by "
+                        "tsrec_ablation.py) instead of training one here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_allmrec")
@@ -46,10 +48,11 @@ def main() -> int:
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runner = CommandRunner(work, args.python)
     run = runner.run
-    data, cf, s1 = work / "data", work / "sasrec", work / "stage1"
+    data, cf, s1 = work / "data", (args.cf or work / "sasrec").resolve(), work / "stage1"
     run("data", ["data", "prepare", "--format", "amazon18", "--source", SOURCE, "--out", data], data / "manifest.json")
-    run("SASRec", ["cf", "train", "--data", data, "--model", "sasrec", "--out", cf, "--epochs", "30", *threads],
-        cf / "config.json")
+    if args.cf is None:
+        run("SASRec", ["cf", "train", "--data", data, "--model", "sasrec", "--out", cf, "--epochs", "30", *threads],
+            cf / "config.json")
     run("stage 1", ["allmrec", "stage1", "--data", data, "--cf", cf, "--out", s1, "--seed", args.seed, *threads],
         s1 / "joint.npy")
     stage2 = ["--data", data, "--cf", cf, "--backbone", "smollm2-135m", "--precision", "bf16", "--dataset-name",
@@ -98,7 +101,9 @@ def render(args, started: str, runner: CommandRunner, results, stage1_log) -> st
         "bottom 35% of the items' counts (ties at the quantile included); cold users are test rows whose user has "
         "no training row. ± is the 95% interval over rows.",
         "- **SASRec**: recalign's defaults (hidden 64, 2 layers, CE over the catalogue, early stopping on validation "
-        "NDCG@10, at most 30 epochs).",
+        "NDCG@10, at most 30 epochs)" + (f"; the model `{args.cf}`, trained by `recalign cf train --data DATA --model "
+        "sasrec --out DIR --epochs 30 --threads 2` on the same prepared data (by tsrec_ablation.py)" if args.cf
+        else "") + ".",
         "- **Stage 1**: the paper's autoencoders (128-d sigmoid latent), losses weighted 1 / 0.5 / 0.2 / 1 (matching, "
         "item, text, recommendation; the official code's), the official mean-scaled recommendation score, Adam lr "
         "1e-4, batch 32, 10 epochs; SASRec frozen in eval mode; the text encoder frozen (cached all-MiniLM-L6-v2 "
