@@ -67,9 +67,13 @@ class CommandRunner:
             log = self.log_path(name)
             log.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
-            with log.open("w") as errors, (stdout.open("w") if stdout else log.open("a")) as output:
-                subprocess.run([self.python, "-m", "recalign.cli", *argv], check=True, cwd=REPO, stdout=output,
-                               stderr=errors)
+            command = [self.python, "-m", "recalign.cli", *argv]
+            with log.open("w") as errors:
+                if stdout is None:  # one handle: two would overwrite each other's lines
+                    subprocess.run(command, check=True, cwd=REPO, stdout=errors, stderr=subprocess.STDOUT)
+                else:
+                    with stdout.open("w") as output:
+                        subprocess.run(command, check=True, cwd=REPO, stdout=output, stderr=errors)
             done.parent.mkdir(parents=True, exist_ok=True)
             timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
         self.seconds[name] = json.loads(timing.read_text())["seconds"] if timing.exists() else None
@@ -79,7 +83,11 @@ class CommandRunner:
         return self.work / "logs" / f"{name.replace(': ', '-').replace(' ', '-')}.log"
 
     def commands_block(self) -> list[str]:
-        return ["```"] + [f"# {name}\n{command}" for name, command in self.commands] + ["```"]
+        """The commands as run from the repository root (paths shown relative to it)."""
+        def relative(command: str) -> str:
+            return command.replace(f"{REPO}/", "").replace(f"{REPO.parent}/", "../")
+
+        return ["```"] + [f"# {name}\n{relative(command)}" for name, command in self.commands] + ["```"]
 
 
 def shown_command(script: str, hidden: tuple[str, ...] = ("--note",)) -> str:

@@ -86,15 +86,27 @@ def run_arm(runner: CommandRunner, args, name: str, arm: str, data: Path, sids: 
     log = (out / "train" / "train_log.csv").read_text().splitlines()
     record["train_seconds"] = train_seconds
     record["final_loss"] = float(log[-1].split(",")[2]) if len(log) > 1 else None
-    record["task_mix"] = task_mix(runner.log_path(f"{name}: {arm} train"))
+    record["task_mix"] = task_mix(data, sids, out, arm, args)
     return record
 
 
-def task_mix(log: Path) -> str:
-    for line in log.read_text().splitlines() if log.exists() else []:
-        if line.startswith("task mix:"):
-            return line.removeprefix("task mix:").strip()
-    return ""
+def task_mix(data: Path, sids: Path, out: Path, arm: str, args) -> str:
+    """How many examples each task gave the arm: ``mix_tasks`` over the tasks' natural sizes (T1 and T3: one per
+    training row; T2: one per distinct title and per distinct SID; TS-Align: two per token with a description)."""
+    from recalign.data import load_dataset
+    from recalign.index.sid import SemanticIDs
+    from recalign.llm.tasks import mix_tasks
+
+    dataset = load_dataset(data)
+    rows = dataset.table("train").num_rows
+    sizes = {"next_item": rows, "title_to_sid": len(set(dataset.titles)),
+             "sid_to_title": len({tuple(s) for s in SemanticIDs.from_pretrained(sids, dataset).sids}),
+             "next_title": rows}
+    if "--ts-align" in ARMS[arm]:
+        sizes["ts_align"] = 2 * sum(1 for e in json.loads((out / "token_semantics.json").read_text())
+                                    if e["description"])
+    _, counts = mix_tasks({name: [None] * n for name, n in sizes.items()}, args.examples, args.seed)
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
 
 
 def render(runner: CommandRunner, args, results: dict, stats: dict, started: str) -> str:
