@@ -347,7 +347,7 @@ def evaluate_candidates(dataset, split: str = "test", protocol: str = "sampled",
     (ties pessimistic)."""
     from tqdm.auto import tqdm
 
-    from ..eval.metrics import Z_95
+    from ..eval.metrics import half_width_95
 
     sets = candidate_sets(dataset, split, protocol, n_candidates, seed, rows, cf_model)
     frame = dataset.split(split).iloc[:rows]
@@ -369,7 +369,7 @@ def evaluate_candidates(dataset, split: str = "test", protocol: str = "sampled",
     for name, mask in item_groups(dataset, split, rows).items():
         values = hits[mask].astype(float)
         entry = {"rows": int(mask.sum()), "Hit@1": float(values.mean()) if len(values) else float("nan"),
-                 "ci95": float(Z_95 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")}
+                 "ci95": half_width_95(values)}
         if lenient and recommender is not None:
             entry["Hit@1 lenient"] = float(lenient_hits[mask].mean()) if mask.any() else float("nan")
         result["groups"][name] = entry

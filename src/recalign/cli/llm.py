@@ -350,11 +350,10 @@ def llm_likelihood(
     than hit rates when a model hits few targets."""
     set_threads(threads)
     quiet_transformers()
-    import numpy as np
 
     from ..data import CatalogueMismatch
     from ..decode.recommend import identifier_log_likelihood
-    from ..eval.metrics import Z_95
+    from ..eval.metrics import half_width_95
     from ..eval.protocols import split_histories
     from ..llm.recommender import LLMRecommender
 
@@ -368,7 +367,7 @@ def llm_likelihood(
     scores = identifier_log_likelihood(recommender, histories, targets, batch_size)
     tokens = recommender.index.item_length.numpy()[targets]
     record = {"split": split, "n_examples": len(targets), "log_likelihood": float(scores.mean()),
-              "ci95": float(Z_95 * scores.std(ddof=1) / np.sqrt(len(scores))) if len(scores) > 1 else 0.0,
+              "ci95": half_width_95(scores),
               "per_token": float(scores.sum() / tokens.sum())}
     if as_json:
         typer.echo(json.dumps(record, indent=2))

@@ -49,9 +49,13 @@ def ranking_metrics(ranks: np.ndarray, ks=DEFAULT_KS) -> dict[str, float]:
 
 def confidence_95(ranks: np.ndarray, ks=DEFAULT_KS) -> dict[str, float]:
     """Half-width of the normal-approximation 95% interval of each metric (standard error x 1.96)."""
-    n = len(ranks)
-    return {name: float(Z_95 * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-            for k in ks for name, values in per_example(ranks, k).items()}
+    return {name: half_width_95(values) for k in ks for name, values in per_example(ranks, k).items()}
+
+
+def half_width_95(values: np.ndarray) -> float:
+    """Half-width of the normal-approximation 95% interval of the mean of ``values`` (nan for fewer than two)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(Z_95 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
 def invalid_rate(ranked: np.ndarray) -> float:

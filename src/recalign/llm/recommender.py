@@ -99,12 +99,7 @@ def add_placeholder_tokens(model: Any, tokenizer: Any, seed: int = 0) -> tuple[i
     with ``seed``. The input rows never reach the decoder, since the feature hook overwrites them, so they need
     no training; with tied embeddings the head's rows only score the placeholders, which no target holds.
     """
-    import torch
-
-    tokenizer.add_tokens(list(PLACEHOLDERS), special_tokens=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        _fit_embeddings(model, len(tokenizer))
+    _add_tokens(model, tokenizer, list(PLACEHOLDERS), special=True, seed=seed)
     user_id, item_id = _placeholder_ids(tokenizer)
     return user_id, item_id
 
@@ -113,15 +108,21 @@ def add_sid_tokens(model: Any, tokenizer: Any, sids: list[list[str]], seed: int 
     """Adds the SID tokens the catalogue uses (sorted as strings, MiniOneRec's order) as ordinary added tokens and
     resizes the embeddings; the new rows get transformers' mean resizing (the reference's initialisation) on a
     forked RNG seeded with ``seed``. Returns the tokens that were new."""
-    import torch
-
     vocabulary = tokenizer.get_vocab()
     new = [t for t in sid_tokens(sids) if t not in vocabulary]
-    tokenizer.add_tokens(new)
+    _add_tokens(model, tokenizer, new, special=False, seed=seed)
+    return new
+
+
+def _add_tokens(model: Any, tokenizer: Any, tokens: list[str], special: bool, seed: int) -> None:
+    """Adds ``tokens`` and grows the embeddings; the new rows' mean-resizing draw runs on a forked RNG seeded
+    with ``seed``, so it depends on the seed alone and leaves the caller's random stream untouched."""
+    import torch
+
+    tokenizer.add_tokens(tokens, special_tokens=special)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         _fit_embeddings(model, len(tokenizer))
-    return new
 
 
 def _fit_embeddings(model: Any, n_tokens: int, mean_resizing: bool = True) -> None:
@@ -195,15 +196,10 @@ class LLMRecommender:
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
         """Adds placeholder tokens (one id each, whatever text surrounds them) to a frozen recommender for an
         embedding hook to overwrite (A-LLMRec's soft tokens); returns their ids. Their rows are saved with it."""
-        import torch
-
         if self.config.finetune != "frozen":
             raise ValueError("special tokens are added to a frozen recommender only (a LoRA or fully trained one "
                              "would have to train their rows)")
-        self.tokenizer.add_tokens(tokens, special_tokens=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)
-            _fit_embeddings(self.model, len(self.tokenizer))
+        _add_tokens(self.model, self.tokenizer, tokens, special=True, seed=self.config.seed)
         self.model.requires_grad_(False)
         self.added_rows.update(_added_rows(self.model, self.tokenizer, tokens))
         return _token_ids(self.tokenizer, tokens)
