@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 # Tiny models train faster on one thread, and two test processes on 2 cores must not oversubscribe them.
@@ -87,3 +89,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+FSDP_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "fsdp.yaml"
+FSDP_ON_CPU = Path(__file__).resolve().parent / "integration" / "fsdp_on_cpu.py"
+
+
+def launch_fsdp(*arguments: str | Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of two CPU processes with recipes/accelerate/fsdp.yaml, accelerate's FSDP turned on
+    for CPU (tests/integration/fsdp_on_cpu.py); ``arguments`` are a script and its arguments."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"),
+           "PYTHONPATH": os.pathsep.join([str(FSDP_ON_CPU.parent), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
+               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+               *map(str, arguments)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return done

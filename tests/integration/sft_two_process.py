@@ -1,8 +1,10 @@
-"""The multi-process half of test_llm_train's DDP test, and the model and data both halves share.
+"""The multi-process half of test_llm_train's DDP and FSDP tests, and the model and data both halves share.
 
-Run as ``accelerate launch --multi_gpu --num_processes 2 sft_two_process.py OUT MICRO_BATCH`` with
-``ACCELERATE_USE_CPU=1`` (gloo on CPU); process 0 writes ``OUT/result.json`` (log, process count) and
-``OUT/weights.pt`` (the final state dict).
+Run as ``accelerate launch --multi_gpu --num_processes 2 sft_two_process.py OUT MICRO_BATCH [MAX_STEPS]``
+(MAX_STEPS: default 3, 0 = all) with ``ACCELERATE_USE_CPU=1`` (gloo on CPU); every process writes its final state
+dict to ``OUT/weights_RANK.pt``, process 0 ``OUT/result.json`` (log, process count). Launched with
+``recipes/accelerate/fsdp.yaml`` (``tests.conftest.launch_fsdp``) it trains under FSDP and resumes from ``OUT``'s
+checkpoint when there is one; every process then checks it holds the trained weights, whole.
 """
 
 from __future__ import annotations
@@ -53,16 +55,29 @@ def ddp_config(micro_batch_size: int) -> SFTConfig:
                      warmup_steps=1, precision="fp32", log_every=1, max_steps=3)
 
 
-def main(out: Path, micro_batch_size: int) -> None:
-    from accelerate import PartialState
+def main(out: Path, micro_batch_size: int, max_steps: int | None) -> None:
+    import os
+    from dataclasses import replace
 
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP") == "true"
+    if fsdp:
+        from fsdp_on_cpu import allow_fsdp_on_cpu
+
+        allow_fsdp_on_cpu()
     model = tiny_llama()
-    result = sft_train(model, random_examples(DDP_EXAMPLES), ddp_config(micro_batch_size), out, progress=False)
+    config = replace(ddp_config(micro_batch_size), max_steps=max_steps)
+    result = sft_train(model, random_examples(DDP_EXAMPLES), config, out, progress=False, resume=fsdp)
     state = PartialState()
+    assert (state.distributed_type == DistributedType.FSDP) == fsdp
+    assert all(type(p) is torch.nn.Parameter for p in model.parameters())  # whole, not shards
+    torch.save(model.state_dict(), out / f"weights_{state.process_index}.pt")
     if state.is_main_process:
-        torch.save(model.state_dict(), out / "weights.pt")
         (out / "result.json").write_text(json.dumps({"log": result.log, "num_processes": state.num_processes}))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    main(Path(sys.argv[1]), int(sys.argv[2]), steps or None)

@@ -17,7 +17,7 @@ pytest.importorskip("accelerate")
 
 import torch.nn.functional as F  # noqa: E402
 from safetensors import safe_open  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, launch_fsdp  # noqa: E402
 
 from recalign.llm.train import (  # noqa: E402
     LabelBatch,
@@ -255,7 +255,7 @@ def test_two_processes_match_one(tmp_path):
     assert len(labels) == 3 and [row["labels"] for row in result["log"]] == labels
     assert [row["loss"] for row in result["log"]] == pytest.approx([row["loss"] for row in single.log],
                                                                    abs=1e-5, rel=1e-5)
-    weights = torch.load(out / "weights.pt")
+    weights = torch.load(out / "weights_0.pt")
     for name, value in model.state_dict().items():
         torch.testing.assert_close(weights[name], value, atol=1e-5, rtol=1e-5)
     assert any(not torch.equal(value, tiny_llama().state_dict()[name]) for name, value in weights.items())
@@ -271,6 +271,32 @@ def test_two_processes_match_one(tmp_path):
     for name, value in finished[0].state_dict().items():
         torch.testing.assert_close(finished[1].state_dict()[name], value, atol=1e-5, rtol=1e-5)
         assert not torch.equal(value, weights[name])  # the fourth step did train
+
+
+@pytest.mark.slow
+def test_fsdp_matches_one_process_and_resumes_from_its_sharded_checkpoint(tmp_path):
+    """FSDP2 over two processes, stopped after 3 steps and resumed to the end, against one process doing the same:
+    the same losses and, on every process, the same whole weights."""
+    out = tmp_path / "fsdp"
+    launch_fsdp(HELPER, out, "2", "3", tmp_path=tmp_path)
+    assert (out / "checkpoint" / "pytorch_model_fsdp_0").is_dir()  # accelerate's sharded checkpoint, not ours
+    stopped = [torch.load(out / f"weights_{rank}.pt") for rank in (0, 1)]
+    launch_fsdp(HELPER, out, "2", "0", tmp_path=tmp_path)
+    finished = [torch.load(out / f"weights_{rank}.pt") for rank in (0, 1)]
+    log = json.loads((out / "result.json").read_text())["log"]
+
+    model = tiny_llama()
+    sft_train(model, random_examples(helper.DDP_EXAMPLES), helper.ddp_config(4), tmp_path / "one", progress=False)
+    stopped_state = {name: value.clone() for name, value in model.state_dict().items()}
+    single = sft_train(model, random_examples(helper.DDP_EXAMPLES), config(**{**vars(helper.ddp_config(4)),
+                       "max_steps": None}), tmp_path / "one", resume=True, progress=False)
+    assert [row["loss"] for row in log] == pytest.approx([row["loss"] for row in single.log], abs=1e-5, rel=1e-5)
+    assert len(log) == 4
+    for weights, reference in ((stopped, stopped_state), (finished, model.state_dict())):
+        for rank_weights in weights:
+            for name, value in reference.items():
+                torch.testing.assert_close(rank_weights[name], value, atol=1e-5, rtol=1e-5)
+    assert any(not torch.equal(finished[0][name], stopped[0][name]) for name in stopped_state)
 
 
 def test_one_process_can_train_in_fp32_then_in_bf16(tmp_path):

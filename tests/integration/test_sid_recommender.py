@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tests.conftest import N_ITEMS, rule_dataset
+from safetensors.torch import load_file
+from tests.conftest import FSDP_ON_CPU, N_ITEMS, launch_fsdp, rule_dataset
 from tests.unit.test_tsrec import rule_sids
 from typer.testing import CliRunner
 
@@ -157,3 +158,34 @@ def test_index_and_train_commands(tmp_path, monkeypatch):
     assert record["n_examples"] == 5 and record["log_likelihood"] == pytest.approx(expected.mean(), abs=1e-4)
     saved = json.loads((out / "items.json").read_text())
     assert saved[0]["sid"] == SemanticIDs.from_pretrained(tmp_path / "built").sids[0]
+
+
+@pytest.mark.slow
+def test_fsdp_training_command_saves_what_one_process_saves(tmp_path):
+    """`llm train --sids` with LoRA (the SID rows train as peft trainable tokens, tied head included) under FSDP
+    over two processes, then its sharded test run: the same losses, saved weights and metrics as one process."""
+    dataset = rule_dataset()
+    frame = dataset.items.to_pandas().drop(columns="item_id")
+    frame["sid"] = rule_sids(dataset).sids
+    dataset.items = item_table(pd.DataFrame(frame))
+    data, sids = tmp_path / "data", tmp_path / "sids"
+    dataset.save(data)
+    assert runner.invoke(app, ["index", "import", "--data", str(data), "--out", str(sids)]).exit_code == 0
+    common = ["llm", "train", "--data", str(data), "--backbone", "tiny", "--precision", "fp32", "--sids", str(sids),
+              "--max-examples", "40", "--epochs", "2", "--batch-size", "8", "--micro-batch-size", "4", "--lr", "1e-2",
+              "--lora-dropout", "0", "--eval-rows", "12", "--beams", "5"]  # dropout masks depend on the split
+    one = runner.invoke(app, [*common, "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    launch_fsdp(FSDP_ON_CPU, *common, "--out", tmp_path / "fsdp", tmp_path=tmp_path)
+
+    # the random "tiny" backbone cannot be reloaded by name, so its recommender is saved merged
+    weights = [load_file(tmp_path / run / "model" / "model.safetensors") for run in ("one", "fsdp")]
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, atol=1e-5, rtol=1e-5)
+    logs = [pd.read_csv(tmp_path / run / "train" / "train_log.csv") for run in ("one", "fsdp")]
+    assert logs[1]["loss"].tolist() == pytest.approx(logs[0]["loss"].tolist(), abs=1e-5)
+    assert logs[0]["loss"].iloc[-1] < logs[0]["loss"].iloc[0]  # it trained
+    metrics = [json.loads((tmp_path / run / "test_metrics.json").read_text()) for run in ("one", "fsdp")]
+    assert metrics[1]["n_examples"] == 12
+    assert metrics[1]["metrics"] == pytest.approx(metrics[0]["metrics"], abs=1e-6)

@@ -117,6 +117,26 @@ def test_apply_lora_trains_only_the_adapters_on_the_targets(smollm2_folder):
     assert q.scaling["default"] == pytest.approx(2.0)
 
 
+def test_lora_initialisation_depends_on_the_seed_alone(smollm2_folder):
+    """Every process of a launch must build the same adapters (FSDP shards each process's own copy), whatever
+    the global random stream went through before."""
+    def adapters(seed: int, draws_before: int) -> dict[str, torch.Tensor]:
+        torch.rand(draws_before)
+        peft_model = apply_lora(tiny(smollm2_folder)[0], LoraSettings(r=4), seed=seed)
+        return {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_A" in n}
+
+    state = torch.get_rng_state()
+    first, again, other = adapters(0, 1), adapters(0, 1000), adapters(1, 1)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert any(not torch.equal(first[n], other[n]) for n in first)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    apply_lora(tiny(smollm2_folder)[0], LoraSettings(r=4), seed=0)
+    assert torch.equal(torch.rand(3), expected)  # the caller's stream is untouched
+    torch.set_rng_state(state)
+
+
 def test_default_lora_targets_all_attention_projections(smollm2_folder):
     peft_model = apply_lora(tiny(smollm2_folder)[0], LoraSettings())
     attn = peft_model.get_base_model().model.layers[1].self_attn

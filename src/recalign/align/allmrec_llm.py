@@ -32,6 +32,7 @@ from torch import nn
 
 from ..cf.base import CFModel
 from ..cf.base import from_pretrained as load_cf_model
+from ..llm.backbones import seeded_draws
 from ..llm.hooks import EmbeddingHook, overwrite_rows
 from ..llm.train import SFTExample
 
@@ -116,8 +117,7 @@ class ALLMRecHook(EmbeddingHook):
         self.register_buffer("joint", joint.float())
         with torch.no_grad():
             user_dim = cf_model.user_vectors(cf_model.pad([np.zeros(1, dtype=np.int64)])).shape[-1]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_draws(seed):
             self.user_projector = projector(user_dim, hidden_size, nn.LeakyReLU(0.01))
             self.item_projector = projector(joint.shape[1], hidden_size, nn.GELU())
 

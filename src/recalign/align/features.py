@@ -36,6 +36,7 @@ from torch import nn
 
 from ..cf.base import CFModel
 from ..cf.base import from_pretrained as load_cf_model
+from ..llm.backbones import seeded_draws
 from ..llm.hooks import EmbeddingHook, overwrite_rows
 
 WEIGHTS = "feature_injector.safetensors"
@@ -78,10 +79,8 @@ class CFFeatureInjector(EmbeddingHook):
         with torch.no_grad():
             user_dim = cf_model.user_vectors(cf_model.pad([np.zeros(1, dtype=np.int64)]).to(self._cf_device)).shape[-1]
             item_dim = cf_model.item_embeddings().shape[-1]
-        # A forked RNG: the weights depend on ``seed`` alone, and the caller's random stream (data order, LoRA
-        # dropout) is left as it would be without features.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # the caller's random stream (data order, LoRA dropout) is left as it would be without features
+        with seeded_draws(seed):
             self.user_mlp = feature_mlp(user_dim, mlp_hidden, hidden_size)
             self.item_mlp = feature_mlp(item_dim, mlp_hidden, hidden_size)
         self.user_mlp.to(self._cf_device)

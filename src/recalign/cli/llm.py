@@ -167,11 +167,6 @@ def llm_train(
                         warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every)
     except (ValueError, KeyError, TypeError) as exc:
         fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
-    from accelerate.utils import DistributedType
-
-    if launch_state().distributed_type == DistributedType.FSDP:
-        fail("FSDP is not supported yet: saving and judging a sharded model need its full state gathered on every "
-             "process; use DDP or DeepSpeed ZeRO-2 (recipes/accelerate/)")
     try:
         accumulation_steps(sft, launch_state().num_processes)
     except ValueError as exc:

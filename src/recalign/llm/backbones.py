@@ -19,6 +19,8 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,8 +126,19 @@ class TinyConfig:
     max_positions: int = 4096
 
 
-def _tiny_model(tokenizer: Any, tiny: TinyConfig, seed: int) -> Any:
+@contextmanager
+def seeded_draws(seed: int) -> Iterator[None]:
+    """Random draws inside (weight initialisation) depend on ``seed`` alone and leave the caller's random stream
+    untouched: a forked CPU generator (models are built on the CPU; accelerate places them later). Every process
+    of a launch thus builds the same weights, which FSDP, sharding each process's own copy, relies on."""
     import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _tiny_model(tokenizer: Any, tiny: TinyConfig, seed: int) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -135,9 +148,7 @@ def _tiny_model(tokenizer: Any, tiny: TinyConfig, seed: int) -> Any:
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    # A forked RNG: the weights depend on ``seed`` alone, and the caller's random stream is left untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_draws(seed):
         return LlamaForCausalLM(config)
 
 
@@ -167,15 +178,18 @@ class LoraSettings:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def apply_lora(model: Any, settings: LoraSettings, trainable_tokens: dict[str, list[int]] | None = None) -> PeftModel:
+def apply_lora(model: Any, settings: LoraSettings, trainable_tokens: dict[str, list[int]] | None = None,
+               seed: int = 0) -> PeftModel:
     """Wrap ``model`` with LoRA adapters on ``settings.targets``; only the adapters stay trainable, and the rows
-    ``trainable_tokens`` names (module name -> token ids; peft's trainable tokens, which follow a tied head)."""
+    ``trainable_tokens`` names (module name -> token ids; peft's trainable tokens, which follow a tied head). The
+    adapters' random initialisation depends on ``seed`` alone."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(task_type="CAUSAL_LM", r=settings.r, lora_alpha=settings.alpha,
                         lora_dropout=settings.dropout, target_modules=list(settings.targets), bias="none",
                         trainable_token_indices=trainable_tokens or None)
-    return get_peft_model(model, config)
+    with seeded_draws(seed):
+        return get_peft_model(model, config)
 
 
 def unwrap_causal_lm(model: Any) -> Any:

@@ -32,7 +32,7 @@ from ..data import Dataset, catalogue_fingerprint, check_same_catalogue
 from ..index import ItemIndex
 from ..index.sid import SemanticIDs, sid_index, sid_text, sid_tokens
 from ..index.titles import title_index
-from .backbones import TINY_SPEC, LoraSettings, apply_lora, load_backbone, torch_dtype
+from .backbones import TINY_SPEC, LoraSettings, apply_lora, load_backbone, seeded_draws, torch_dtype
 from .hooks import HOOK_RECORD, EmbeddingHook, load_hook, save_hook
 from .prompts import PLACEHOLDERS, PromptTemplate, encode_prompt, get_template
 from .train import SFTExample
@@ -117,11 +117,8 @@ def add_sid_tokens(model: Any, tokenizer: Any, sids: list[list[str]], seed: int 
 def _add_tokens(model: Any, tokenizer: Any, tokens: list[str], special: bool, seed: int) -> None:
     """Adds ``tokens`` and grows the embeddings; the new rows' mean-resizing draw runs on a forked RNG seeded
     with ``seed``, so it depends on the seed alone and leaves the caller's random stream untouched."""
-    import torch
-
     tokenizer.add_tokens(tokens, special_tokens=special)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_draws(seed):
         _fit_embeddings(model, len(tokenizer))
 
 
@@ -188,7 +185,7 @@ class LLMRecommender:
             model.requires_grad_(False)
         if config.finetune == "lora":
             # SID tokens are new words: their rows must learn, which LoRA alone would never let them
-            model = apply_lora(model, config.lora, trainable_tokens=_embedding_rows(model, trained_rows))
+            model = apply_lora(model, config.lora, _embedding_rows(model, trained_rows), config.seed)
         index = sid_index(sids.sids, tokenizer) if sids is not None else title_index(dataset.titles, tokenizer)
         return cls(model, tokenizer, index, config, dataset.titles, dataset.raw_ids, template, injector,
                    sids.sids if sids is not None else None, rows)

@@ -22,10 +22,14 @@ The loop is plain accelerate, so ``accelerate launch`` runs it unchanged on one 
   whole LLM; optimiser, schedule, every process's RNG) plus ``progress.json``, written to a temporary folder and
   swapped in, so an interruption never leaves half a checkpoint. ``resume=True`` reloads it and skips the steps
   of the epoch already done: the run ends with the same weights and log as an uninterrupted one.
+- **FSDP.** FSDP shards the module it is given in place, so it gets a copy sharing the model's storage; each
+  process checkpoints its shards (accelerate's sharded state, frozen weights included), and at the end the trained
+  weights are gathered into ``model`` on every process: the caller gets a whole model, as under DDP.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -40,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration, skip_first_batches
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from safetensors import safe_open
 from torch import nn
 from torch.utils.data import DataLoader
@@ -179,9 +183,11 @@ class LabelPositionLM(nn.Module):
         super().__init__()
         if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
             raise ValueError("prompt-learning PEFT methods act in PeftModel.forward, which this wrapper bypasses")
-        unwrap_causal_lm(model)  # fails early on a model without a decoder and an output head
+        causal_lm = unwrap_causal_lm(model)  # fails early on a model without a decoder and an output head
         self.model = model
         self.embedding_hook = embedding_hook
+        # FSDP's transformer auto-wrap shards each of these layers on its own (transformers names them per model)
+        self._no_split_modules = list(getattr(causal_lm, "_no_split_modules", None) or [])
 
     def train(self, mode: bool = True) -> LabelPositionLM:
         """A frozen model (no trainable weight: only the hook learns, e.g. A-LLMRec's projectors) stays in eval
@@ -288,7 +294,9 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
     if config.gradient_checkpointing:
         # non-reentrant: gradients reach LoRA weights even though the frozen embeddings' outputs need none
         unwrap_causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lm = LabelPositionLM(model, embedding_hook)
+    trained = LabelPositionLM(model, embedding_hook)
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    lm = _shardable_copy(trained) if sharded else trained
     optimiser = torch.optim.AdamW(param_groups(lm, config.weight_decay), lr=config.lr, eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, partial(linear_schedule, warmup=config.warmup_steps, total=total_steps))
@@ -379,10 +387,37 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
             started = time.perf_counter()
     bar.close()
     accelerator.wait_for_everyone()
-    # DDP wraps without copying: the unwrapped wrapper's model is ``model``, now holding the trained weights.
-    accelerator.unwrap_model(lm).eval()
+    if sharded:
+        _gather_trained_weights(accelerator.unwrap_model(lm), trained)
+        accelerator.free_memory()  # the shards and optimiser states leave the device before the whole model comes
+        trained.to(accelerator.device)  # where DDP leaves it, for decoding (model selection) on the device
+    # DDP and DeepSpeed wrap without copying: ``trained`` is ``model`` (and the hook), now with the trained weights.
+    trained.eval()
     return SFTResult(log=state.log, steps=state.global_step,
                      tokens_per_second=run_tokens / run_seconds if run_seconds else 0.0)
+
+
+def _shardable_copy(module: nn.Module) -> nn.Module:
+    """A copy for FSDP to shard. FSDP turns the parameters of the module it is given into shards on the device, in
+    place; its copy shares the original's storage (new parameter objects around the same tensors, ties kept), so
+    the caller's model stays whole where it is and receives the trained weights afterwards."""
+    memo = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in module.parameters()}
+    memo |= {id(b): b.detach() for b in module.buffers()}
+    return copy.deepcopy(module, memo)
+
+
+@torch.no_grad()
+def _gather_trained_weights(sharded: nn.Module, whole: nn.Module) -> None:
+    """Copies the trained parameters of the FSDP copy into the whole module, one all-gather per parameter (every
+    process takes part and ends with the full weights; frozen ones never changed)."""
+    from torch.distributed.tensor import DTensor
+
+    # FSDP's activation checkpointing wraps layers, which adds a segment to their parameter names
+    targets = dict(whole.named_parameters())
+    for name, parameter in sharded.named_parameters():
+        if parameter.requires_grad:
+            full = parameter.full_tensor() if isinstance(parameter, DTensor) else parameter
+            targets[name.replace("_checkpoint_wrapped_module.", "")].copy_(full)
 
 
 def _save_trainable(module: nn.Module, models: list, weights: list[dict], output_dir: str) -> None:
