@@ -95,13 +95,14 @@ FSDP_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "
 FSDP_ON_CPU = Path(__file__).resolve().parent / "integration" / "fsdp_on_cpu.py"
 
 
-def launch_fsdp(*arguments: str | Path, tmp_path: Path) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of two CPU processes with recipes/accelerate/fsdp.yaml, accelerate's FSDP turned on
-    for CPU (tests/integration/fsdp_on_cpu.py); ``arguments`` are a script and its arguments."""
+def launch_fsdp(*arguments: str | Path, tmp_path: Path, precision: str = "no") -> subprocess.CompletedProcess:
+    """``accelerate launch`` of two CPU processes with recipes/accelerate/fsdp.yaml (mixed precision ``precision``),
+    accelerate's FSDP turned on for CPU (tests/integration/fsdp_on_cpu.py); ``arguments`` are a script and its
+    arguments."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"),
-           "PYTHONPATH": os.pathsep.join([str(FSDP_ON_CPU.parent), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(FSDP_ON_CPU.parent), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
-               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+               "--num_processes", "2", "--mixed_precision", precision, "--main_process_port", str(free_port()),
                *map(str, arguments)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]

@@ -1,8 +1,9 @@
 """The multi-process half of test_llm_train's DDP and FSDP tests, and the model and data both halves share.
 
-Run as ``accelerate launch --multi_gpu --num_processes 2 sft_two_process.py OUT MICRO_BATCH [MAX_STEPS]``
-(MAX_STEPS: default 3, 0 = all) with ``ACCELERATE_USE_CPU=1`` (gloo on CPU); every process writes its final state
-dict to ``OUT/weights_RANK.pt``, process 0 ``OUT/result.json`` (log, process count). Launched with
+Run as ``accelerate launch --multi_gpu --num_processes 2 sft_two_process.py OUT MICRO_BATCH [MAX_STEPS]
+[PRECISION]`` (MAX_STEPS: default 3, 0 = all; PRECISION: fp32 or bf16) with ``ACCELERATE_USE_CPU=1`` (gloo on
+CPU); every process writes its final state dict to ``OUT/weights_RANK.pt``, process 0 ``OUT/result.json`` (log,
+process count). Launched with
 ``recipes/accelerate/fsdp.yaml`` (``tests.conftest.launch_fsdp``) it trains under FSDP and resumes from ``OUT``'s
 checkpoint when there is one; every process then checks it holds the trained weights, whole.
 """
@@ -55,7 +56,7 @@ def ddp_config(micro_batch_size: int) -> SFTConfig:
                      warmup_steps=1, precision="fp32", log_every=1, max_steps=3)
 
 
-def main(out: Path, micro_batch_size: int, max_steps: int | None) -> None:
+def main(out: Path, micro_batch_size: int, max_steps: int | None, precision: str = "fp32") -> None:
     import os
     from dataclasses import replace
 
@@ -68,7 +69,7 @@ def main(out: Path, micro_batch_size: int, max_steps: int | None) -> None:
 
         allow_fsdp_on_cpu()
     model = tiny_llama()
-    config = replace(ddp_config(micro_batch_size), max_steps=max_steps)
+    config = replace(ddp_config(micro_batch_size), max_steps=max_steps, precision=precision)
     result = sft_train(model, random_examples(DDP_EXAMPLES), config, out, progress=False, resume=fsdp)
     state = PartialState()
     assert (state.distributed_type == DistributedType.FSDP) == fsdp
@@ -80,4 +81,4 @@ def main(out: Path, micro_batch_size: int, max_steps: int | None) -> None:
 
 if __name__ == "__main__":
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 3
-    main(Path(sys.argv[1]), int(sys.argv[2]), steps or None)
+    main(Path(sys.argv[1]), int(sys.argv[2]), steps or None, *sys.argv[4:5])

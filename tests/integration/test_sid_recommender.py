@@ -177,6 +177,7 @@ def test_fsdp_training_command_saves_what_one_process_saves(tmp_path):
     one = runner.invoke(app, [*common, "--out", str(tmp_path / "one")])
     assert one.exit_code == 0, one.output
     launch_fsdp(FSDP_ON_CPU, *common, "--out", tmp_path / "fsdp", tmp_path=tmp_path)
+    assert (tmp_path / "fsdp" / "train" / "checkpoint" / "pytorch_model_fsdp_0").is_dir()  # it did run under FSDP
 
     # the random "tiny" backbone cannot be reloaded by name, so its recommender is saved merged
     weights = [load_file(tmp_path / run / "model" / "model.safetensors") for run in ("one", "fsdp")]

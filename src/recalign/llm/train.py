@@ -19,12 +19,14 @@ The loop is plain accelerate, so ``accelerate launch`` runs it unchanged on one 
   rewrites the input embeddings before the decoder runs; it is a submodule of ``LabelPositionLM``, so the
   optimiser, DDP and the checkpoints see its trainable weights.
 - **Checkpoints.** ``accelerator.save_state`` (the trainable weights only: with LoRA, megabytes rather than the
-  whole LLM; optimiser, schedule, every process's RNG) plus ``progress.json``, written to a temporary folder and
-  swapped in, so an interruption never leaves half a checkpoint. ``resume=True`` reloads it and skips the steps
-  of the epoch already done: the run ends with the same weights and log as an uninterrupted one.
-- **FSDP.** FSDP shards the module it is given in place, so it gets a copy sharing the model's storage; each
-  process checkpoints its shards (accelerate's sharded state, frozen weights included), and at the end the trained
-  weights are gathered into ``model`` on every process: the caller gets a whole model, as under DDP.
+  whole LLM, except under FSDP; optimiser, schedule, every process's RNG) plus ``progress.json``, written to a
+  temporary folder and swapped in, so an interruption never leaves half a checkpoint. ``resume=True`` reloads it
+  and skips the steps of the epoch already done: the run ends with the same weights and log as an uninterrupted
+  one.
+- **FSDP** (version 2). FSDP shards the module it is given in place, so it gets a copy sharing the model's storage,
+  which waits on the CPU meanwhile; each process checkpoints its shards (accelerate's sharded state, frozen weights
+  included), and at the end the trained weights are gathered into ``model`` on every process, which then moves to
+  the device: the caller gets a whole model where DDP would leave it.
 """
 
 from __future__ import annotations
@@ -296,6 +298,9 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
         unwrap_causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trained = LabelPositionLM(model, embedding_hook)
     sharded = accelerator.distributed_type == DistributedType.FSDP
+    if sharded:
+        _configure_fsdp(accelerator)
+        trained.to("cpu")  # the whole model waits in host memory while its shards train
     lm = _shardable_copy(trained) if sharded else trained
     optimiser = torch.optim.AdamW(param_groups(lm, config.weight_decay), lr=config.lr, eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -304,8 +309,8 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
     if accelerator.gradient_accumulation_steps != accum:
         raise ValueError(f"the launch configuration (DeepSpeed?) set {accelerator.gradient_accumulation_steps} "
                          f"accumulation steps; batch_size {config.batch_size} needs {accum}")
-    accelerator.register_save_state_pre_hook(partial(_save_trainable, accelerator.unwrap_model(lm)))
-    accelerator.register_load_state_pre_hook(partial(_load_trainable, accelerator.unwrap_model(lm)))
+    state_hooks = (accelerator.register_save_state_pre_hook(partial(_save_trainable, accelerator.unwrap_model(lm))),
+                   accelerator.register_load_state_pre_hook(partial(_load_trainable, accelerator.unwrap_model(lm))))
 
     show = progress and accelerator.is_main_process
     state = TrainState()
@@ -388,8 +393,12 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
     bar.close()
     accelerator.wait_for_everyone()
     if sharded:
-        _gather_trained_weights(accelerator.unwrap_model(lm), trained)
-        accelerator.free_memory()  # the shards and optimiser states leave the device before the whole model comes
+        _gather_trained_weights(accelerator.unwrap_model(lm, keep_torch_compile=False), trained)
+        # the last references to the shards and optimiser states, freed before the whole model takes the device
+        for handle in state_hooks:
+            handle.remove()
+        del lm, optimiser, scheduler
+        accelerator.free_memory()
         trained.to(accelerator.device)  # where DDP leaves it, for decoding (model selection) on the device
     # DDP and DeepSpeed wrap without copying: ``trained`` is ``model`` (and the hook), now with the trained weights.
     trained.eval()
@@ -406,25 +415,42 @@ def _shardable_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def _configure_fsdp(accelerator: Accelerator) -> None:
+    """Refuses FSDP settings the gathering cannot honour, and keeps the label logits in float32."""
+    plugin = accelerator.state.fsdp_plugin
+    if not accelerator.is_fsdp2:
+        raise ValueError("FSDP takes fsdp_version 2 here (FSDP1 flattens the parameters, so the trained weights "
+                         "cannot be gathered by name): see recipes/accelerate/fsdp.yaml")
+    if plugin.cpu_ram_efficient_loading:
+        raise ValueError("fsdp_cpu_ram_efficient_loading gives only the first process real weights, but every "
+                         "process keeps the whole model (it decodes after training): set it to false")
+    if plugin.mixed_precision_policy is not None:
+        # accelerate casts every sharded module's output to bf16, the float32 label logits included: the loss (its
+        # log-sum-exp over the vocabulary, TCA's soft labels) would then be computed in bf16
+        plugin.mixed_precision_policy = replace(plugin.mixed_precision_policy, output_dtype=None)
+
+
 @torch.no_grad()
 def _gather_trained_weights(sharded: nn.Module, whole: nn.Module) -> None:
     """Copies the trained parameters of the FSDP copy into the whole module, one all-gather per parameter (every
-    process takes part and ends with the full weights; frozen ones never changed)."""
+    process takes part, in the same order, and ends with the full weights; frozen ones never changed)."""
+    from accelerate.utils import fsdp2_canonicalize_names
     from torch.distributed.tensor import DTensor
 
-    # FSDP's activation checkpointing wraps layers, which adds a segment to their parameter names
     targets = dict(whole.named_parameters())
-    for name, parameter in sharded.named_parameters():
+    # activation checkpointing and torch.compile add segments to the copy's names
+    for name, parameter in fsdp2_canonicalize_names(dict(sharded.named_parameters())).items():
         if parameter.requires_grad:
             full = parameter.full_tensor() if isinstance(parameter, DTensor) else parameter
-            targets[name.replace("_checkpoint_wrapped_module.", "")].copy_(full)
+            targets[name].copy_(full)
 
 
 def _save_trainable(module: nn.Module, models: list, weights: list[dict], output_dir: str) -> None:
     """save_state hook for the plain (non-sharded) state: the trainable weights only, under unwrapped names.
 
     Frozen weights never change, so a LoRA checkpoint holds megabytes rather than the LLM; the unwrapped names
-    make one written under DDP load on one process and vice versa. Sharded backends save their own state.
+    make one written under DDP load on one process and vice versa. Sharded backends (FSDP, DeepSpeed) save their
+    own, whole state.
     """
     if weights:
         weights[:] = [{name: p.detach().contiguous() for name, p in module.named_parameters() if p.requires_grad}]
@@ -473,6 +499,10 @@ def _load_checkpoint(accelerator: Accelerator, directory: Path, config: SFTConfi
     changed = [k for k in RESUME_KEYS if saved["config"][k] != getattr(config, k)]
     if changed:
         raise ValueError(f"cannot resume {directory}: {', '.join(changed)} differ from the interrupted run")
+    written_sharded = any(directory.glob("pytorch_model_fsdp*"))  # accelerate's names for FSDP model states
+    if written_sharded != (accelerator.distributed_type == DistributedType.FSDP):
+        raise ValueError(f"cannot resume {directory}: it was written {'under' if written_sharded else 'without'} "
+                         "FSDP, and FSDP's sharded checkpoints and the others do not load into each other")
     accelerator.load_state(directory)
     return TrainState(**saved["state"])
 
