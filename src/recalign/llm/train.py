@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration, skip_first_batches
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, fsdp2_canonicalize_names, set_seed
 from safetensors import safe_open
 from torch import nn
 from torch.utils.data import DataLoader
@@ -409,7 +409,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
 def _shardable_copy(module: nn.Module) -> nn.Module:
     """A copy for FSDP to shard. FSDP turns the parameters of the module it is given into shards on the device, in
     place; its copy shares the original's storage (new parameter objects around the same tensors, ties kept), so
-    the caller's model stays whole where it is and receives the trained weights afterwards."""
+    the caller's model stays whole and receives the trained weights afterwards."""
     memo = {id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in module.parameters()}
     memo |= {id(b): b.detach() for b in module.buffers()}
     return copy.deepcopy(module, memo)
@@ -434,8 +434,7 @@ def _configure_fsdp(accelerator: Accelerator) -> None:
 def _gather_trained_weights(sharded: nn.Module, whole: nn.Module) -> None:
     """Copies the trained parameters of the FSDP copy into the whole module, one all-gather per parameter (every
     process takes part, in the same order, and ends with the full weights; frozen ones never changed)."""
-    from accelerate.utils import fsdp2_canonicalize_names
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # torch.distributed loads only for sharded runs
 
     targets = dict(whole.named_parameters())
     # activation checkpointing and torch.compile add segments to the copy's names
