@@ -9,6 +9,9 @@ from pathlib import Path
 
 # Tiny models train faster on one thread, and two test processes on 2 cores must not oversubscribe them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The suite is a CPU one (CI has no GPU): its oracles build tensors on the CPU and its launches are gloo CPU
+# processes, so on a GPU machine the GPUs stay hidden from it (and from the processes it launches).
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
