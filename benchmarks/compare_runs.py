@@ -1,4 +1,5 @@
-"""Compares two `recalign llm train` output folders: the per-step losses, the saved weights and the test metrics.
+"""Compares two `recalign llm train` output folders: the per-step losses, the saved weights, the test metrics and
+the model-selection rounds (when there are any).
 
     python benchmarks/compare_runs.py RUN_A RUN_B
 """
@@ -14,8 +15,9 @@ from safetensors.torch import load_file
 
 
 def weights(run: Path) -> dict:
+    """The saved weights: the merged model's (every shard) or the LoRA adapter's."""
     folder = run / "model" if (run / "model").exists() else run / "adapter"
-    return load_file(next(folder.glob("*.safetensors")))
+    return {name: tensor for file in sorted(folder.glob("*.safetensors")) for name, tensor in load_file(file).items()}
 
 
 def main(a: Path, b: Path) -> None:
@@ -29,6 +31,9 @@ def main(a: Path, b: Path) -> None:
           f"{max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa):.3g}")
     metrics = [json.loads((run / "test_metrics.json").read_text())["metrics"] for run in (a, b)]
     print(f"test metrics equal: {metrics[0] == metrics[1]} ({metrics[0]})")
+    if (a / "selection.json").exists():
+        rounds = [json.loads((run / "selection.json").read_text()) for run in (a, b)]
+        print(f"selection rounds equal: {rounds[0] == rounds[1]} ({rounds[0]})")
 
 
 if __name__ == "__main__":

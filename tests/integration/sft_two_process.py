@@ -1,11 +1,11 @@
 """The multi-process half of test_llm_train's DDP and FSDP tests, and the model and data both halves share.
 
 Run as ``accelerate launch --multi_gpu --num_processes 2 sft_two_process.py OUT MICRO_BATCH [MAX_STEPS]
-[PRECISION]`` (MAX_STEPS: default 3, 0 = all; PRECISION: fp32 or bf16) with ``ACCELERATE_USE_CPU=1`` (gloo on
-CPU); every process writes its final state dict to ``OUT/weights_RANK.pt``, process 0 ``OUT/result.json`` (log,
-process count). Launched with
-``recipes/accelerate/fsdp.yaml`` (``tests.conftest.launch_fsdp``) it trains under FSDP and resumes from ``OUT``'s
-checkpoint when there is one; every process then checks it holds the trained weights, whole.
+[PRECISION]`` (MAX_STEPS: default 3, 0 = all; PRECISION: fp32, or bf16 with the ``FloatFeatures`` hook) with
+``ACCELERATE_USE_CPU=1`` (gloo on CPU); every process writes its final state dict to ``OUT/weights_RANK.pt``,
+process 0 ``OUT/result.json`` (log, process count). Launched with ``recipes/accelerate/fsdp.yaml``
+(``tests.conftest.launch_fsdp``) it trains under FSDP and resumes from ``OUT``'s checkpoint when there is one;
+every process then checks it holds the trained weights, whole.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from recalign.llm.backbones import seeded_draws
+from recalign.llm.hooks import EmbeddingHook
 from recalign.llm.train import SFTConfig, SFTExample, sft_train
 
 VOCAB = 512
@@ -47,6 +49,21 @@ def random_examples(n: int, seed: int = 0) -> list[SFTExample]:
     return examples
 
 
+class FloatFeatures(EmbeddingHook):
+    """Adds a linear map of float32 per-row features (from the history) to the input embeddings, as the CF-feature
+    and A-LLMRec hooks feed float32 CF vectors through their trained MLPs."""
+
+    def __init__(self, hidden_size: int = 32):
+        super().__init__()
+        with seeded_draws(0):
+            self.linear = torch.nn.Linear(4, hidden_size)
+
+    def forward(self, embeds, input_ids, histories):
+        features = torch.tensor([[*history, 50] for history in histories], dtype=torch.float32,
+                                device=embeds.device) / 50
+        return embeds + self.linear(features)[:, None, :].to(embeds.dtype)
+
+
 # 12 rows, global batch 8: step 2 is topped up from the epoch's first rows and step 3 starts epoch 2.
 DDP_EXAMPLES = 12
 
@@ -70,7 +87,9 @@ def main(out: Path, micro_batch_size: int, max_steps: int | None, precision: str
         allow_fsdp_on_cpu()
     model = tiny_llama()
     config = replace(ddp_config(micro_batch_size), max_steps=max_steps, precision=precision)
-    result = sft_train(model, random_examples(DDP_EXAMPLES), config, out, progress=False, resume=fsdp)
+    hook = FloatFeatures() if precision == "bf16" else None
+    result = sft_train(model, random_examples(DDP_EXAMPLES), config, out, progress=False, resume=fsdp,
+                       embedding_hook=hook)
     state = PartialState()
     assert (state.distributed_type == DistributedType.FSDP) == fsdp
     assert all(type(p) is torch.nn.Parameter for p in model.parameters())  # whole, not shards

@@ -303,13 +303,14 @@ def test_fsdp_matches_one_process_and_resumes_from_its_sharded_checkpoint(tmp_pa
 
 
 @pytest.mark.slow
-def test_fsdp_in_bf16_keeps_the_loss_in_float32(tmp_path):
+def test_fsdp_in_bf16_keeps_the_loss_in_float32_and_takes_float32_features(tmp_path):
     """accelerate's FSDP mixed precision casts module outputs to bf16; the float32 label logits must stay float32,
-    or the loss itself is rounded to bf16 (steps 1 and 2 run on the initial weights: warm-up starts at lr 0)."""
+    or the loss itself is rounded to bf16 (steps 1 and 2 run on the initial weights: warm-up starts at lr 0). An
+    embedding hook feeding float32 features through its (now bf16) weights must run, as under autocast."""
     launch_fsdp(HELPER, tmp_path / "fsdp", "2", "3", "bf16", tmp_path=tmp_path, precision="bf16")
     log = json.loads((tmp_path / "fsdp" / "result.json").read_text())["log"]
     single = sft_train(tiny_llama(), random_examples(helper.DDP_EXAMPLES), config(**{**vars(helper.ddp_config(4)),
-                       "precision": "bf16"}), tmp_path / "one", progress=False)
+                       "precision": "bf16"}), tmp_path / "one", progress=False, embedding_hook=helper.FloatFeatures())
     # bf16 weights under FSDP against bf16 autocast: ~1e-4 apart; a loss rounded to bf16 is ~6e-3 off at 6.2
     assert [row["loss"] for row in log[:2]] == pytest.approx([row["loss"] for row in single.log[:2]], abs=1e-3)
 

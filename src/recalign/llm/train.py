@@ -39,6 +39,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
@@ -344,8 +345,11 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
         for micro_step, batch in enumerate(loader, start=skip):
             step = micro_step // accum
             with accelerator.accumulate(lm):
-                logits = lm(batch.input_ids, batch.attention_mask, batch.position_ids, batch.label_rows,
-                            batch.label_cols, batch.histories)
+                # accelerate wraps a model's forward in autocast when it prepares it, but FSDP2 models are not
+                # wrapped: float32 inputs of bf16 weights (an embedding hook's CF features) need it all the same
+                with accelerator.autocast() if sharded else nullcontext():
+                    logits = lm(batch.input_ids, batch.attention_mask, batch.position_ids, batch.label_rows,
+                                batch.label_cols, batch.histories)
                 losses = loss_hook(logits, batch)
                 if losses.shape != batch.label_tokens.shape:
                     raise ValueError(f"the loss hook returned shape {tuple(losses.shape)}, not one loss per label")
