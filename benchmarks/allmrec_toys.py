@@ -18,7 +18,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import REPO, CommandRunner, machine, shown_command
+from common import REPO, CommandRunner, add_runner_arguments, machine, shown_command
 
 SOURCE = REPO.parent / "shared" / "data" / "amazon18" / "Toys_and_Games"
 DOC = REPO / "docs" / "benchmarks" / "allmrec.md"
@@ -34,12 +34,7 @@ def main() -> int:
     parser.add_argument("--lora-lr", type=float, default=3e-4)
     parser.add_argument("--cf", type=Path, help="a SASRec already trained on the same prepared Toys data (e.g. by "
                         "tsrec_ablation.py) instead of training one here")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_allmrec")
-    parser.add_argument("--python", type=Path, default=Path(sys.executable))
-    parser.add_argument("--out", type=Path, default=DOC)
-    parser.add_argument("--note", default="", help="a paragraph for the report (e.g. what else ran meanwhile)")
+    add_runner_arguments(parser, REPO / "runs" / "bench_allmrec", DOC)
     args = parser.parse_args()
     if not SOURCE.is_dir():
         print(f"{SOURCE} is absent: this benchmark needs the shared data", file=sys.stderr)

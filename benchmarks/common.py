@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -46,6 +47,17 @@ def write_section(document: Path, name: str, text: str, title: str) -> None:
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     document.write_text(pattern.sub(lambda _: block, current) if pattern.search(current)
                         else current.rstrip() + "\n\n" + block + "\n")
+
+
+def add_runner_arguments(parser: argparse.ArgumentParser, work: Path, out: Path) -> None:
+    """The options of a benchmark that runs its steps with ``CommandRunner``: seed, threads, working folder,
+    Python, report file and a note for the report."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=work)
+    parser.add_argument("--python", type=Path, default=Path(sys.executable))
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--note", default="", help="a paragraph for the report (e.g. what else ran meanwhile)")
 
 
 class CommandRunner:

@@ -26,7 +26,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import REPO, CommandRunner, machine, shown_command
+from common import REPO, CommandRunner, add_runner_arguments, machine, shown_command
 
 SHARED = REPO.parent / "shared" / "data"
 INDUSTRIAL = SHARED / "minionerec" / "Industrial_and_Scientific"
@@ -187,12 +187,7 @@ def main() -> int:
     parser.add_argument("--test-rows", type=int, default=150)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--rqvae-epochs", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench_tsrec")
-    parser.add_argument("--python", type=Path, default=Path(sys.executable))
-    parser.add_argument("--out", type=Path, default=DOC)
-    parser.add_argument("--note", default="", help="a paragraph for the report (e.g. what else ran meanwhile)")
+    add_runner_arguments(parser, REPO / "runs" / "bench_tsrec", DOC)
     args = parser.parse_args()
     args.work = args.work.resolve()
     if not INDUSTRIAL.is_dir():

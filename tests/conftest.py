@@ -98,15 +98,25 @@ FSDP_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "
 FSDP_ON_CPU = Path(__file__).resolve().parent / "integration" / "fsdp_on_cpu.py"
 
 
-def launch_fsdp(*arguments: str | Path, tmp_path: Path, precision: str = "no") -> subprocess.CompletedProcess:
-    """``accelerate launch`` of two CPU processes with recipes/accelerate/fsdp.yaml (mixed precision ``precision``),
-    accelerate's FSDP turned on for CPU (tests/integration/fsdp_on_cpu.py); ``arguments`` are a script and its
-    arguments."""
+def cpu_launch(*arguments: str | Path, tmp_path: Path, fsdp: bool = False,
+               precision: str = "no") -> tuple[list[str], dict[str, str]]:
+    """The command and environment of an ``accelerate launch`` of two gloo CPU processes (mixed precision
+    ``precision``) running ``arguments`` (a script or ``-m module``, and its arguments). Without ``fsdp`` it is
+    accelerate's torchrun launcher (``--multi_gpu``; with ACCELERATE_USE_CPU it runs gloo on CPU, where a bare
+    ``--cpu`` launch starts a single process); with it, recipes/accelerate/fsdp.yaml, whose scripts turn
+    accelerate's FSDP on for CPU (tests/integration/fsdp_on_cpu.py, found through PYTHONPATH)."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(FSDP_ON_CPU.parent), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
-               "--num_processes", "2", "--mixed_precision", precision, "--main_process_port", str(free_port()),
-               *map(str, arguments)]
+    launcher = (["--config_file", str(FSDP_CONFIG)] if fsdp else
+                ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"])
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
+               "--mixed_precision", precision, "--main_process_port", str(free_port()), *map(str, arguments)]
+    return command, env
+
+
+def launch_fsdp(*arguments: str | Path, tmp_path: Path, precision: str = "no") -> subprocess.CompletedProcess:
+    """Runs ``cpu_launch(..., fsdp=True)`` to the end and checks it succeeded."""
+    command, env = cpu_launch(*arguments, tmp_path=tmp_path, fsdp=True, precision=precision)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     return done

@@ -4,14 +4,16 @@ Run as ``accelerate launch --multi_gpu --num_processes 2 sft_two_process.py OUT 
 [PRECISION]`` (MAX_STEPS: default 3, 0 = all; PRECISION: fp32, or bf16 with the ``FloatFeatures`` hook) with
 ``ACCELERATE_USE_CPU=1`` (gloo on CPU); every process writes its final state dict to ``OUT/weights_RANK.pt``,
 process 0 ``OUT/result.json`` (log, process count). Launched with ``recipes/accelerate/fsdp.yaml``
-(``tests.conftest.launch_fsdp``) it trains under FSDP and resumes from ``OUT``'s checkpoint when there is one;
+(``tests.conftest.cpu_launch``) it trains under FSDP and resumes from ``OUT``'s checkpoint when there is one;
 every process then checks it holds the trained weights, whole.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -74,9 +76,6 @@ def ddp_config(micro_batch_size: int) -> SFTConfig:
 
 
 def main(out: Path, micro_batch_size: int, max_steps: int | None, precision: str = "fp32") -> None:
-    import os
-    from dataclasses import replace
-
     from accelerate import PartialState
     from accelerate.utils import DistributedType
 

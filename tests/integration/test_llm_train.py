@@ -3,9 +3,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ pytest.importorskip("accelerate")
 
 import torch.nn.functional as F  # noqa: E402
 from safetensors import safe_open  # noqa: E402
-from tests.conftest import free_port, launch_fsdp  # noqa: E402
+from tests.conftest import cpu_launch, launch_fsdp  # noqa: E402
 
 from recalign.llm.train import (  # noqa: E402
     LabelBatch,
@@ -234,12 +232,7 @@ def test_the_hooks_loss_is_what_gets_optimised(tmp_path):
 def test_two_processes_match_one(tmp_path):
     """2 processes x micro-batch 2 x accumulation 2 against 1 process x micro-batch 4 x accumulation 2."""
     out = tmp_path / "two"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}
-    # --multi_gpu is accelerate's torchrun launcher; with ACCELERATE_USE_CPU it runs gloo on CPU (a bare --cpu
-    # launch starts a single process).
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(HELPER), str(out), "2"]
+    command, env = cpu_launch(HELPER, out, "2", tmp_path=tmp_path)
     launched = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     # The one-process run overlaps the launch (2 cores).

@@ -4,13 +4,11 @@ metrics, intervals and per-row results of one process."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
-from tests.conftest import free_port, rule_dataset
+from tests.conftest import cpu_launch, rule_dataset
 
 from recalign.decode import BeamConfig
 from recalign.decode.recommend import evaluate_llm
@@ -36,15 +34,10 @@ def test_two_processes_give_exactly_one_process_metrics(tmp_path):
                           BeamConfig(num_beams=5, batch_size=4), max_rows=37, progress=False)
     assert len(set(single.item_ranks.tolist())) > 2  # targets at several ranks: the comparison has teeth
 
-    # --multi_gpu is accelerate's torchrun launcher; with ACCELERATE_USE_CPU it runs gloo on CPU (a bare --cpu
-    # launch starts a single process)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), "-m", "recalign.cli", "llm", "eval", "--data", str(data),
-               "--model", str(model), "--k", "1,5", "--beams", "5", "--batch-size", "4", "--max-rows", "37",
-               "--threads", "1", "--json"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    command, env = cpu_launch("-m", "recalign.cli", "llm", "eval", "--data", data, "--model", model, "--k", "1,5",
+                              "--beams", "5", "--batch-size", "4", "--max-rows", "37", "--threads", "1", "--json",
+                              tmp_path=tmp_path)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     sharded, end = json.JSONDecoder().raw_decode(done.stdout, done.stdout.index("{"))
     assert not done.stdout[end:].strip(), done.stdout[end:]  # one process prints
