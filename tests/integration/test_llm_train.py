@@ -184,6 +184,20 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path):
                   resume=True, progress=False)
 
 
+def test_resume_clears_an_old_checkpoint_left_half_removed(tmp_path):
+    """A kill while the previous checkpoint is being removed leaves ``checkpoint.old`` beside ``checkpoint``; the
+    next save must not trip over it."""
+    examples = random_examples(8)
+    settings = config(epochs=1, batch_size=4, micro_batch_size=2)
+    sft_train(lora(tiny_llama()), examples, config(**{**vars(settings), "max_steps": 1}), tmp_path, progress=False)
+    stale = tmp_path / "checkpoint.old"
+    stale.mkdir()
+    (stale / "optimizer.bin").write_bytes(b"what the removal had not reached")
+    result = sft_train(lora(tiny_llama()), examples, settings, tmp_path, resume=True, progress=False)
+    assert result.steps == 2 and not stale.exists()
+    assert json.loads((tmp_path / "checkpoint" / "progress.json").read_text())["state"]["global_step"] == 2
+
+
 # --- loss hooks ------------------------------------------------------------------------------------------------------
 
 def test_a_zero_loss_hook_leaves_the_weights_alone(tmp_path):

@@ -491,6 +491,7 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, con
     if accelerator.is_main_process:
         (tmp / PROGRESS).write_text(json.dumps({"state": asdict(state), "config": asdict(config)}))
         if final.exists():
+            shutil.rmtree(old, ignore_errors=True)  # left by an interruption during the removal below
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
