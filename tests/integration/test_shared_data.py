@@ -89,3 +89,51 @@ def test_a_history_id_absent_from_the_item_table_stops_prepare_naming_file_and_r
     assert not (tmp_path / "out" / "manifest.json").exists()
     dropped = prepare("amazon18", copy, tmp_path / "out", "--unknown-items", "drop")
     assert dropped.exit_code == 0 and "unknown_item" in dropped.output
+
+
+def test_sequence_rows_never_train_a_valid_or_test_target(shared_data, tmp_path):
+    """The sequence objective's labels on real data: minionerec with --minionerec-train histories trains exactly
+    the items before each user's first valid target; amazon18's labels all come from the user's train rows, and
+    no train row repeats a valid or test target interaction."""
+    from recalign.data.sequences import chain_examples
+    from recalign.llm.recommender import LLMRecommender, RecommenderConfig
+
+    config = RecommenderConfig(backbone="tiny", precision="fp32", finetune="full", prompt="sequence")
+    ind = tmp_path / "ind"
+    result = prepare("minionerec", shared_data / "minionerec" / "Industrial_and_Scientific", ind,
+                     "--minionerec-train", "histories")
+    assert result.exit_code == 0, result.output
+    dataset = load_dataset(ind)
+    assert dataset.manifest["protocol"]["train_from"] == "histories"
+    rows, chained = LLMRecommender.create(dataset, config).sequence_examples(dataset, "train")
+    valid = dataset.split("valid")
+    first_valid = valid.groupby("user_id", sort=False).head(1)
+    before = {u: list(h) for u, h in zip(first_valid.user_id, first_valid.history) if len(h) > 1}
+    assert dict(zip(chained.users, chained.sequences)) == before  # each user's items before the first valid target
+    # each user's valid rows chain into one log that starts with the trained items, and each valid target fills
+    # one position after them: no label sits where a valid target does (test rows come later still)
+    valid_log = chain_examples(valid.user_id.to_numpy(), list(valid.history), valid.target.to_numpy(),
+                               valid.timestamp.to_numpy())
+    valid_rows = valid.user_id.value_counts()
+    for user, sequence in zip(valid_log.users, valid_log.sequences):
+        if user in before:
+            assert sequence[:len(before[user])] == before[user]
+            assert len(sequence) - len(before[user]) == valid_rows[user]
+    labels = sum(len(row.target_spans()) for row in rows)
+    assert labels == chained.targets == sum(len(s) - 1 for s in before.values())
+
+    office = tmp_path / "office"
+    assert prepare("amazon18", shared_data / "amazon18" / "Office_Products", office).exit_code == 0
+    dataset = load_dataset(office)
+    rows, chained = LLMRecommender.create(dataset, config).sequence_examples(dataset, "train")
+    train = dataset.split("train")
+    items_of = {}
+    for user, history, target in zip(train.user_id, train.history, train.target):
+        items_of.setdefault(user, set()).update([*map(int, history), int(target)])
+    for user, sequence in zip(chained.users, chained.sequences):
+        assert set(sequence) <= items_of[user]  # every label is an item of the user's own train rows
+    held_out = {(u, int(t), int(s)) for name in ("valid", "test") for u, t, s in
+                zip(dataset.split(name).user_id, dataset.split(name).target, dataset.split(name).timestamp)}
+    assert not held_out & set(zip(train.user_id, train.target.astype(int), train.timestamp.astype(int)))
+    assert train.timestamp.max() <= min(dataset.split(n).timestamp.min() for n in ("valid", "test"))
+    assert chained.targets > 5 * len(train)

@@ -120,7 +120,7 @@ def test_separator_rule_for_other_tokenizers():
 
 
 def test_unknown_template_lists_the_names():
-    with pytest.raises(KeyError, match="'nope'.*chat, minionerec, tca4rec"):
+    with pytest.raises(KeyError, match="'nope'.*chat, minionerec, sequence, tca4rec"):
         get_template("nope")
 
 

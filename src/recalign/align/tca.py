@@ -331,12 +331,12 @@ class TCALoss:
 
 
 def _rows_with_items(batch: LabelBatch, aligned: torch.Tensor) -> LabelBatch:
-    """The labels of ``aligned`` and their rows alone, rows renumbered (what the soft labels read)."""
+    """The labels of ``aligned`` and their targets alone, targets renumbered (what the soft labels read)."""
     rows = torch.unique(batch.label_example[aligned])
     renumber = torch.full((len(batch.items),), -1, dtype=torch.long, device=rows.device)
     renumber[rows] = torch.arange(len(rows), device=rows.device)
     example = renumber[batch.label_example[aligned]]
-    return replace(batch, label_rows=example, label_cols=batch.label_cols[aligned],
+    return replace(batch, label_rows=batch.label_rows[aligned], label_cols=batch.label_cols[aligned],
                    label_tokens=batch.label_tokens[aligned], label_depth=batch.label_depth[aligned],
                    label_example=example, items=batch.items[rows],
                    histories=[batch.histories[int(r)] for r in rows.tolist()])

@@ -224,12 +224,13 @@ def load_semantics(source: str, sids: list[list[str]], titles: list[str], teache
 
 def sid_training_examples(recommender, dataset, tasks: tuple[str, ...], semantics: dict | None, ts_align: bool,
                           max_rows: int | None = None, budget: int | None = None, seed: int = 0,
-                          label_mask=None) -> tuple[list[SFTExample], dict[str, int]]:
+                          label_mask=None, rows: str = "target", context: int = 1
+                          ) -> tuple[list[SFTExample], dict[str, int]]:
     """The SFT examples of a recommender: its tasks (``recalign.llm.tasks``), TS-Align's with ``ts_align``, mixed
     at natural proportions (cut to ``budget`` examples, every task by the same fraction); and the count per task."""
     from ..llm.tasks import mix_tasks, task_examples
 
-    per_task = task_examples(recommender, dataset, "train", tasks, max_rows, label_mask)
+    per_task = task_examples(recommender, dataset, "train", tasks, max_rows, label_mask, rows, context)
     if ts_align:
         if semantics is None or recommender.sids is None:
             raise ValueError("TS-Align needs semantic IDs and token semantics")

@@ -35,7 +35,8 @@ def data_prepare(
     unknown_items: Annotated[str, typer.Option(help="Item ids missing from the item table: 'error' or 'drop' "
                                                "(removed and counted).")] = "error",
     minionerec_train: Annotated[str, typer.Option(help="minionerec without train.csv: 'none' (empty train "
-                                                  "split) or 'valid' (train on the valid rows).")] = "none",
+                                                  "split), 'valid' (train on the valid rows) or 'histories' "
+                                                  "(train on the items before each valid target).")] = "none",
     interactions_file: Annotated[str, typer.Option(help="csv: interactions file name.")] = "interactions.csv",
     items_file: Annotated[str, typer.Option(help="csv: items file name.")] = "items.csv",
     user_col: Annotated[str, typer.Option(help="csv: user column of the interactions file.")] = "user",

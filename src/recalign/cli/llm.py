@@ -86,6 +86,13 @@ def llm_train(
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps, then linear decay.")] = 20,
     max_train_rows: Annotated[int | None, typer.Option(help="Train on the first N training rows only.")] = None,
+    rows: Annotated[str, typer.Option(help="'target': one row per training target (the papers'); 'sequence': one "
+                                           "row per window of a user's items, every item after the first "
+                                           "--context-items trained (needs --prompt sequence).")] = "target",
+    context_items: Annotated[int, typer.Option(help="With --rows sequence: leading items of each window that are "
+                                                    "history only (windows overlap by as many).")] = 1,
+    pack_length: Annotated[int, typer.Option(help="Pack each micro-batch's rows into rows of at most N tokens "
+                                                  "(attention kept within each; 0: pad instead).")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Optimiser steps between checkpoints (0: each epoch).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of LoRA initialisation and data order.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
@@ -140,7 +147,7 @@ def llm_train(
     from ..llm.prompts import get_template
     from ..llm.recommender import LLMRecommender, RecommenderConfig, check_feature_template
     from ..llm.tasks import check_tasks
-    from ..llm.train import SFTConfig, accumulation_steps, launch_state, sft_train
+    from ..llm.train import SFTConfig, accumulation_steps, launch_state, sft_train, training_rows_summary
 
     dataset = load_dataset_or_fail(data)
     if dataset.table("train").num_rows == 0:
@@ -151,6 +158,8 @@ def llm_train(
         fail("--use-feature needs --cf DIR (a model from `recalign cf train`)")
     if use_feature and prompt == "tca4rec":
         prompt = "tca4rec-feature"  # the same prompt with the placeholders (TCA4Rec §1.2)
+    if rows == "sequence" and prompt == "tca4rec":
+        prompt = "sequence"  # the layout the sequence objective needs
     if sids and prompt == "tca4rec":
         prompt = "minionerec"
     if (sa_init or ts_align) and not sids:
@@ -164,7 +173,8 @@ def llm_train(
         check_tasks(task_list, config.identifier)
         check_feature_template(get_template(prompt), use_feature)
         sft = SFTConfig(epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,
-                        warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every)
+                        warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
+                        pack_length=pack_length)
     except (ValueError, KeyError, TypeError) as exc:
         fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
     try:
@@ -209,10 +219,14 @@ def llm_train(
                                          objective=objective, faithful_mask=faithful_mask)
     from ..align.tsrec import sid_training_examples
 
-    examples, counts = sid_training_examples(recommender, dataset, task_list, token_semantics, ts_align,
-                                             max_train_rows, max_examples, seed, label_mask)
+    try:
+        examples, counts = sid_training_examples(recommender, dataset, task_list, token_semantics, ts_align,
+                                                 max_train_rows, max_examples, seed, label_mask, rows, context_items)
+    except ValueError as exc:
+        fail(str(exc))
     if sids:
         console.print("task mix: " + ", ".join(f"{name} {n:,}" for name, n in counts.items()))
+    console.print(training_rows_summary(examples))
     main_process = launch_state().is_main_process  # under `accelerate launch` one process saves and prints
     try:
         if select_every:

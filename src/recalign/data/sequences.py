@@ -178,3 +178,58 @@ def user_ids(raw_users: list[str]) -> tuple[dict[str, int], np.ndarray]:
     if all(name.lstrip("-").isdigit() for name in names):
         names.sort(key=int)
     return {name: i for i, name in enumerate(names)}, np.asarray(names, dtype=object)
+
+
+@dataclass
+class UserSequences:
+    """Each user's examples of a split chained back into item sequences (oldest first)."""
+
+    users: list[int]  # user id of each sequence
+    sequences: list[list[int]]
+    rows: int  # examples read
+    extended: int  # rows that continued a sequence of their user (their history overlapped its end)
+    covered: int  # repeated rows (same user, history, target and timestamp as an earlier one), adding nothing
+
+    @property
+    def targets(self) -> int:
+        """Items after each sequence's first: what a next-item objective can train."""
+        return sum(len(s) - 1 for s in self.sequences)
+
+
+def chain_examples(users: np.ndarray, histories: list[list[int]], targets: np.ndarray,
+                   timestamps: np.ndarray) -> UserSequences:
+    """Chains a split's examples into sequences, per user in (timestamp, file) order: a row whose history's start
+    overlaps the end of the user's current sequence (by at least two items, or the whole of a shorter history)
+    extends it with the rest of its history and its target; a repeat of an earlier row (same user, history, target
+    and timestamp) is covered; any other row starts a new sequence, its history plus target. A sequence holds
+    only items of the split's rows (their histories and targets), in their order: no other split's target
+    enters."""
+    order = np.lexsort((np.asarray(timestamps), np.asarray(users)))  # stable: ties keep file order
+    out = UserSequences([], [], len(order), 0, 0)
+    current_user, seen = None, set()
+    for row in order.tolist():
+        user, history, target = int(users[row]), list(histories[row]), int(targets[row])
+        key = (user, tuple(history), target, int(timestamps[row]))
+        if key in seen:
+            out.covered += 1
+            continue
+        seen.add(key)
+        window = history + [target]
+        sequence = out.sequences[-1] if out.sequences and user == current_user else None
+        overlap = _overlap(sequence, history) if sequence is not None else 0
+        if overlap:
+            sequence += window[overlap:]
+            out.extended += 1
+        else:
+            out.users.append(user)
+            out.sequences.append(window)
+            current_user = user
+    return out
+
+
+def _overlap(sequence: list[int], history: list[int]) -> int:
+    """The longest m with history[:m] == sequence[-m:], if it is at least min(2, len(history)); else 0."""
+    for m in range(min(len(sequence), len(history)), 0, -1):
+        if history[:m] == sequence[-m:]:
+            return m if m >= min(2, len(history)) else 0
+    return 0

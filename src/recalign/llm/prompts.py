@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 SEPARATORS = ("bos", "none")
+LAYOUTS = ("text", "sequence")
 QWEN_SEPARATOR = "<|im_start|>"
 USER_PLACEHOLDER = "[UserEmb]"  # TCA4Rec's placeholder tokens for CF features
 ITEM_PLACEHOLDER = "[ItemEmb]"
@@ -42,7 +43,12 @@ class PromptTemplate:
     ``{history}``) and ``response``. Each item (its title, or its SID) is written as ``item_format`` (with
     ``{title}``) and the items are joined with ``joiner``. ``user_token`` is prepended to the whole (stripped)
     text, e.g. ``[UserEmb]``. ``chat`` sends the text as one user message through the tokenizer's chat template;
-    ``separator`` ("bos" or "none") is the token appended after the prompt's ids."""
+    ``separator`` ("bos" or "none") is the token appended after the prompt's ids.
+
+    ``layout`` "sequence" puts the history after the text instead (which then has no ``{history}``): the prompt
+    is the text's ids followed by each history item's identifier ids, EOS included, exactly as the model
+    generates them. The ids before item j are then the prompt that asks for item j, so one row holding a whole
+    sequence trains every next item at once (``LLMRecommender.sequence_examples``)."""
 
     name: str
     instruction: str
@@ -53,11 +59,17 @@ class PromptTemplate:
     chat: bool = False
     separator: str = "bos"
     user_token: str = ""
+    layout: str = "text"
 
     def __post_init__(self) -> None:
         if self.separator not in SEPARATORS:
             raise ValueError(f"separator must be one of {', '.join(SEPARATORS)}, not {self.separator!r}")
-        if "{history}" not in self.input_line:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {self.layout!r}")
+        if self.layout == "sequence" and ("{history}" in self.input_line or self.chat or self.placeholders):
+            raise ValueError(f"template {self.name!r}: a sequence layout writes the history after its text, so the "
+                             "text has no {history}, no chat markup and no CF placeholders")
+        if self.layout == "text" and "{history}" not in self.input_line:
             raise ValueError(f"template {self.name!r}: input_line has no {{history}} placeholder")
 
     def text(self, history_titles: list[str], domain: str = "items") -> str:
@@ -118,7 +130,14 @@ MINIONEREC = alpaca(
     "The user has interacted with items {history} in chronological order. Can you predict the next possible item "
     "that the user may expect?")
 
-TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (TCA4REC, CHAT, TCA4REC_FEATURE, MINIONEREC)}
+# The history at the end, each item as its identifier + EOS (titles or SIDs): the layout of the sequence objective
+SEQUENCE = PromptTemplate(
+    name="sequence",
+    instruction="The {domain} a user interacted with, oldest first, each followed by an end mark. The next one is "
+                "the item the user is most likely to choose.",
+    input_line="Items:", response="", item_format="{title}", separator="none", layout="sequence")
+
+TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (TCA4REC, CHAT, TCA4REC_FEATURE, MINIONEREC, SEQUENCE)}
 
 
 def get_template(name: str) -> PromptTemplate:
@@ -136,7 +155,7 @@ def get_template(name: str) -> PromptTemplate:
                    "file with the fields of PromptTemplate")
 
 
-def _recent(history_titles: list[str], max_history: int | None) -> list[str]:
+def recent_items(history_titles: list, max_history: int | None) -> list:
     if max_history is None:
         return list(history_titles)
     if max_history < 0:
@@ -148,7 +167,7 @@ def _recent(history_titles: list[str], max_history: int | None) -> list[str]:
 def render_prompt(tokenizer: Any, template: PromptTemplate, history_titles: list[str], domain: str = "items",
                   max_history: int | None = None) -> str:
     """The prompt as the model sees it (chat markup included, the separator token not), for display and logs."""
-    text = template.text(_recent(history_titles, max_history), domain)
+    text = template.text(recent_items(history_titles, max_history), domain)
     if not template.chat:
         return text
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from ..data import Dataset, catalogue_fingerprint, check_same_catalogue
+from ..data.sequences import UserSequences, chain_examples
 from ..index import ItemIndex
 from ..index.sid import SemanticIDs, sid_index, sid_text, sid_tokens
 from ..index.titles import title_index
-from .backbones import TINY_SPEC, LoraSettings, apply_lora, load_backbone, seeded_draws, torch_dtype
+from .backbones import LoraSettings, apply_lora, load_backbone, scratch_config, seeded_draws, torch_dtype
 from .hooks import HOOK_RECORD, EmbeddingHook, load_hook, save_hook
-from .prompts import PLACEHOLDERS, PromptTemplate, encode_prompt, get_template
-from .train import SFTExample
+from .prompts import PLACEHOLDERS, PromptTemplate, encode_prompt, get_template, recent_items
+from .train import SFTExample, TargetSpan
 
 # (placeholder user token id, placeholder item token id, LLM hidden size, config) -> the hook writing those rows
 FeatureHookFactory = Callable[[int, int, int, "RecommenderConfig"], EmbeddingHook]
@@ -69,13 +70,15 @@ class RecommenderConfig:
             raise ValueError(f"identifier must be one of {', '.join(IDENTIFIERS)}, not {self.identifier!r}")
         if self.feature_frozen and not self.use_feature:
             raise ValueError("feature_frozen applies to use_feature only")
+        if self.backbone.startswith("scratch:") and self.finetune != "full":
+            raise ValueError(f"a from-scratch backbone ({self.backbone}) trains every weight: finetune 'full'")
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**{**self.lora, "targets": tuple(self.lora["targets"])})
         torch_dtype(self.precision)
 
     @property
     def saves_full_model(self) -> bool:
-        return self.finetune == "full" or self.backbone == TINY_SPEC
+        return self.finetune == "full" or scratch_config(self.backbone) is not None
 
 
 def check_feature_template(template: PromptTemplate, use_feature: bool) -> None:
@@ -211,8 +214,16 @@ class LLMRecommender:
         return self.feature_injector
 
     def prompt(self, history: Sequence[int]) -> list[int]:
+        if self.template.layout == "sequence":
+            recent = recent_items(list(history), self.config.max_history)
+            return self._header_ids() + [token for item in recent for token in self.index.tokens(int(item))]
         written = [self.identifiers[int(item)] for item in history]
         return encode_prompt(self.tokenizer, self.template, written, self.config.domain, self.config.max_history)
+
+    def _header_ids(self) -> list[int]:
+        if not hasattr(self, "_header"):
+            self._header = encode_prompt(self.tokenizer, self.template, [], self.config.domain)
+        return list(self._header)
 
     def examples(self, dataset: Dataset, split: str, max_rows: int | None = None,
                  label_mask: Callable[[list[int]], list[bool]] | None = None) -> list[SFTExample]:
@@ -228,6 +239,45 @@ class LLMRecommender:
                                        history=tuple(int(i) for i in history),
                                        label_mask=label_mask(target_ids) if label_mask else None))
         return examples
+
+    def sequence_examples(self, dataset: Dataset, split: str, max_rows: int | None = None,
+                          label_mask: Callable[[list[int]], list[bool]] | None = None,
+                          context: int = 1) -> tuple[list[SFTExample], UserSequences]:
+        """The sequence objective's rows: the split's examples (the first ``max_rows``) chained into each user's
+        item sequence (``recalign.data.sequences.chain_examples``), cut into windows of ``max_history + 1`` items
+        that overlap by ``context`` items. A window's first ``context`` items are its prompt's history; every
+        later item is a target, trained on its identifier + EOS with the window's items before it as history, so
+        each item after a sequence's first ``context`` is trained once. Needs the "sequence" layout."""
+        if self.template.layout != "sequence":
+            raise ValueError(f"the sequence objective needs a sequence-layout prompt (e.g. 'sequence'), not "
+                             f"{self.template.name!r}")
+        window = self.config.max_history + 1
+        if not 1 <= context < window:
+            raise ValueError(f"context must lie in [1, max_history], not {context} (max_history "
+                             f"{self.config.max_history})")
+        frame = dataset.split(split)
+        if max_rows is not None:
+            frame = frame.iloc[:max_rows]
+        chained = chain_examples(frame["user_id"].to_numpy(), list(frame["history"]), frame["target"].to_numpy(),
+                                 frame["timestamp"].to_numpy())
+        examples = []
+        for sequence in chained.sequences:
+            for start in range(0, max(1, len(sequence) - context), window - context):
+                items = [int(i) for i in sequence[start:start + window]]
+                if len(items) > context:
+                    examples.append(self._sequence_row(items, context, label_mask))
+        return examples, chained
+
+    def _sequence_row(self, items: list[int], context: int, label_mask) -> SFTExample:
+        target_ids, mask, spans = [], [], []
+        for position in range(context, len(items)):
+            tokens = self.index.tokens(items[position])
+            spans.append(TargetSpan(len(target_ids), len(tokens), items[position], tuple(items[:position])))
+            target_ids += tokens
+            mask += label_mask(tokens) if label_mask else [True] * len(tokens)
+        return SFTExample(prompt_ids=self.prompt(items[:context]), target_ids=target_ids, item=items[-1],
+                          history=tuple(items[:context]), label_mask=None if label_mask is None else mask,
+                          spans=tuple(spans))
 
     # persistence --------------------------------------------------------------------------------------------
 

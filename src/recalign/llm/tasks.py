@@ -39,9 +39,17 @@ def check_tasks(tasks: tuple[str, ...], identifier: str) -> None:
         raise ValueError("a title recommender trains the next_item task only; the others need semantic IDs")
 
 
+ROW_KINDS = ("target", "sequence")
+
+
 def task_examples(recommender, dataset, split: str, tasks: tuple[str, ...] = SID_TASKS, max_rows: int | None = None,
-                  label_mask: Callable[[list[int]], list[bool]] | None = None) -> dict[str, list[SFTExample]]:
-    """Examples per task (``max_rows`` limits the split's rows, not the catalogue tasks)."""
+                  label_mask: Callable[[list[int]], list[bool]] | None = None, rows: str = "target",
+                  context: int = 1) -> dict[str, list[SFTExample]]:
+    """Examples per task (``max_rows`` limits the split's rows, not the catalogue tasks). ``rows`` "sequence"
+    makes ``next_item`` the sequence objective's rows (``LLMRecommender.sequence_examples`` with ``context``);
+    "target" keeps one row per target, the papers' setting."""
+    if rows not in ROW_KINDS:
+        raise ValueError(f"rows must be one of {', '.join(ROW_KINDS)}, not {rows!r}")
     check_tasks(tuple(tasks), recommender.config.identifier)
     tokenizer = recommender.tokenizer
 
@@ -50,7 +58,8 @@ def task_examples(recommender, dataset, split: str, tasks: tuple[str, ...] = SID
 
     out: dict[str, list[SFTExample]] = {}
     if "next_item" in tasks:
-        out["next_item"] = recommender.examples(dataset, split, max_rows, label_mask)
+        out["next_item"] = (recommender.sequence_examples(dataset, split, max_rows, label_mask, context)[0]
+                            if rows == "sequence" else recommender.examples(dataset, split, max_rows, label_mask))
     if "title_to_sid" in tasks:
         first_with_title = {}
         for item, title in enumerate(recommender.titles):

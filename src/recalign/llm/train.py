@@ -64,38 +64,62 @@ LOG_COLUMNS = ("step", "epoch", "loss", "lr", "labels", "tokens", "seconds", "to
 RESUME_KEYS = ("epochs", "batch_size", "seed", "warmup_steps", "lr")
 
 
+@dataclass(frozen=True)
+class TargetSpan:
+    """One trained item inside a row's target tokens (a sequence row holds several, one after another)."""
+
+    start: int  # its first token in ``target_ids``
+    length: int  # its identifier's tokens, EOS included
+    item: int  # its item id (-1: not an item of the index, e.g. a title of an auxiliary task)
+    history: tuple[int, ...]  # the items before it (what a CF model scores for it)
+
+
 @dataclass
 class SFTExample:
-    prompt_ids: list[int]  # the prompt, ending where the identifier starts
-    target_ids: list[int]  # the target item's identifier tokens, EOS included
+    prompt_ids: list[int]  # the prompt, ending where the (first) identifier starts
+    target_ids: list[int]  # the target item's identifier tokens, EOS included (a sequence row: several items')
     item: int = -1  # target item id (for loss hooks such as TCA4Rec's soft labels)
     history: tuple[int, ...] = ()  # history item ids (for loss hooks that score with a CF model)
     label_mask: list[bool] | None = None  # which target tokens are trained; None = all (identifier + EOS)
+    spans: tuple[TargetSpan, ...] = ()  # a sequence row's items in target_ids; () = one, the whole target
 
     def label_count(self) -> int:
         return len(self.target_ids) if self.label_mask is None else sum(map(bool, self.label_mask))
 
+    def target_spans(self) -> tuple[TargetSpan, ...]:
+        return self.spans or (TargetSpan(0, len(self.target_ids), self.item, tuple(self.history)),)
+
 
 @dataclass
 class LabelBatch:
-    """A right-padded micro-batch and its n trained labels (flattened over rows)."""
+    """A micro-batch and its n trained labels (flattened over rows). A label's *target* is the item whose
+    identifier it belongs to: one per row for row examples, several per sequence row; loss hooks index the
+    per-target ``items`` and ``histories`` with ``label_example``."""
 
-    input_ids: torch.Tensor  # (batch, length): prompt + target, pad_id after
-    attention_mask: torch.Tensor  # (batch, length)
-    position_ids: torch.Tensor  # (batch, length): cumulative sum of the mask - 1
+    input_ids: torch.Tensor  # (rows, length): prompt + target, pad_id after
+    attention_mask: torch.Tensor | None  # (rows, length); None when packed: position_ids then separate the rows
+    position_ids: torch.Tensor  # (rows, length): positions within each example, restarting for packed ones
     label_rows: torch.Tensor  # (n,) row of the position that predicts each label
     label_cols: torch.Tensor  # (n,) column of that position: the label is input_ids[row, col + 1]
     label_tokens: torch.Tensor  # (n,)
     label_depth: torch.Tensor  # (n,) index of the label within its identifier, 0-based
-    label_example: torch.Tensor  # (n,) row in the micro-batch (equals label_rows; named for hooks' indexing)
-    items: torch.Tensor  # (batch,) target item ids
-    histories: list[tuple[int, ...]]
+    label_example: torch.Tensor  # (n,) the label's target: index into items and histories
+    items: torch.Tensor  # (targets,) target item ids
+    histories: list[tuple[int, ...]]  # per target: the items before it
+    row_histories: list[tuple[int, ...]]  # per row: the history its prompt writes (what embedding hooks read)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> LabelBatch:
         """Lets accelerate's data loader place the batch like a tensor."""
         moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **moved)
+
+
+def training_rows_summary(examples: Sequence[SFTExample]) -> str:
+    """How many rows train how many item targets (a sequence row trains several) and tokens."""
+    targets = sum(span.item >= 0 for e in examples for span in e.target_spans())
+    return (f"{len(examples):,} training rows, {targets:,} item targets, "
+            f"{sum(e.label_count() for e in examples):,} trained tokens")
 
 
 LossHook = Callable[[torch.Tensor, LabelBatch], torch.Tensor]
@@ -123,6 +147,7 @@ class SFTConfig:
     # spans all epochs, so a run stopped here and resumed ends exactly like an uninterrupted one
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward: far less memory, ~1/3
     # more compute
+    pack_length: int = 0  # > 0: pack a micro-batch's examples into rows of at most this many tokens (see collate)
 
 
 @dataclass
@@ -140,34 +165,67 @@ class TrainState:
     log: list[dict] = field(default_factory=list)
 
 
-def collate(examples: Sequence[SFTExample], pad_id: int = 0) -> LabelBatch:
-    """Right-pads prompt + target and lists the positions whose next token is a trained target token."""
+def collate(examples: Sequence[SFTExample], pad_id: int = 0, pack_length: int = 0) -> LabelBatch:
+    """Right-pads prompt + target and lists the positions whose next token is a trained target token.
+
+    ``pack_length`` > 0 packs several examples into one row of at most that many tokens (first fit, longest
+    first; a longer example gets a row of its own): position ids restart at each example and the attention mask
+    is left out, so transformers keeps attention within each example (its packed-sequence masks)."""
     sequences = [list(e.prompt_ids) + list(e.target_ids) for e in examples]
-    input_ids = torch.full((len(examples), max(map(len, sequences))), pad_id, dtype=torch.long)
+    placed = _pack(list(map(len, sequences)), pack_length) if pack_length else [(i, 0) for i in range(len(examples))]
+    n_rows = 1 + max(row for row, _ in placed)
+    length = max(offset + len(seq) for (_, offset), seq in zip(placed, sequences))
+    input_ids = torch.full((n_rows, length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
-    rows, cols, tokens, depth = [], [], [], []
-    for row, (example, sequence) in enumerate(zip(examples, sequences)):
+    position_ids = torch.zeros_like(input_ids)
+    rows, cols, tokens, depth, owner, items, histories = [], [], [], [], [], [], []
+    for (row, offset), example, sequence in zip(placed, examples, sequences):
         if not example.prompt_ids:
             raise ValueError("an empty prompt leaves nothing to predict the first target token from")
         mask = [True] * len(example.target_ids) if example.label_mask is None else example.label_mask
         if len(mask) != len(example.target_ids):
             raise ValueError(f"label_mask has {len(mask)} entries for {len(example.target_ids)} target tokens")
-        input_ids[row, :len(sequence)] = torch.tensor(sequence)
-        attention_mask[row, :len(sequence)] = 1
-        for d, (token, trained) in enumerate(zip(example.target_ids, mask)):
-            if trained:
-                rows.append(row)
-                cols.append(len(example.prompt_ids) + d - 1)
-                tokens.append(token)
-                depth.append(d)
-    label_rows = torch.tensor(rows, dtype=torch.long)
+        input_ids[row, offset:offset + len(sequence)] = torch.tensor(sequence)
+        attention_mask[row, offset:offset + len(sequence)] = 1
+        position_ids[row, offset:offset + len(sequence)] = torch.arange(len(sequence))
+        start = offset + len(example.prompt_ids) - 1  # predicts target_ids[0]
+        for span in example.target_spans():
+            for d in range(span.length):
+                if mask[span.start + d]:
+                    rows.append(row)
+                    cols.append(start + span.start + d)
+                    tokens.append(example.target_ids[span.start + d])
+                    depth.append(d)
+                    owner.append(len(items))
+            items.append(span.item)
+            histories.append(tuple(span.history))
+    if pack_length:  # the padding after each row's last example: its own run of positions, attended by nothing
+        for row in range(n_rows):
+            pad = int((attention_mask[row] == 0).sum())
+            position_ids[row, length - pad:] = torch.arange(pad)
+    row_histories = [()] * n_rows
+    for (row, _), example in zip(placed, examples):
+        row_histories[row] = tuple(example.history)
     return LabelBatch(
-        input_ids=input_ids, attention_mask=attention_mask,
-        position_ids=(attention_mask.cumsum(1) - 1).clamp_min(0),
-        label_rows=label_rows, label_cols=torch.tensor(cols, dtype=torch.long),
+        input_ids=input_ids, attention_mask=None if pack_length else attention_mask, position_ids=position_ids,
+        label_rows=torch.tensor(rows, dtype=torch.long), label_cols=torch.tensor(cols, dtype=torch.long),
         label_tokens=torch.tensor(tokens, dtype=torch.long), label_depth=torch.tensor(depth, dtype=torch.long),
-        label_example=label_rows.clone(), items=torch.tensor([e.item for e in examples], dtype=torch.long),
-        histories=[tuple(e.history) for e in examples])
+        label_example=torch.tensor(owner, dtype=torch.long), items=torch.tensor(items, dtype=torch.long),
+        histories=histories, row_histories=row_histories)
+
+
+def _pack(lengths: list[int], pack_length: int) -> list[tuple[int, int]]:
+    """(row, offset) of each example: first fit over the examples, longest first."""
+    used: list[int] = []  # tokens taken in each row
+    placed = [(0, 0)] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, taken in enumerate(used) if taken + lengths[i] <= pack_length), None)
+        if row is None:
+            row = len(used)
+            used.append(0)
+        placed[i] = (row, used[row])
+        used[row] += lengths[i]
+    return placed
 
 
 class LabelPositionLM(nn.Module):
@@ -200,7 +258,7 @@ class LabelPositionLM(nn.Module):
             self.model.eval()
         return self
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
                 label_rows: torch.Tensor, label_cols: torch.Tensor,
                 histories: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
         causal_lm = unwrap_causal_lm(self.model)
@@ -280,6 +338,9 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
         raise ValueError(f"unknown precision {config.precision!r}: expected bf16 or fp32")
     if not examples:
         raise ValueError("no training examples")
+    if config.pack_length and embedding_hook is not None:
+        raise ValueError("packing puts several examples in one row, and an embedding hook reads one history per "
+                         "row: train with pack_length 0")
     loss_hook = loss_hook or cross_entropy_loss
     mixed_precision = "bf16" if config.precision == "bf16" else "no"
     _allow_precision(mixed_precision)
@@ -336,7 +397,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
         # Its own generator keeps the loader from drawing a seed from the global RNG (dropout's) at each epoch.
         loader = accelerator.prepare_data_loader(DataLoader(
             [examples[i] for i in order.tolist()], batch_size=config.micro_batch_size * accelerator.num_processes,
-            collate_fn=partial(collate, pad_id=pad_id), generator=torch.Generator()))
+            collate_fn=partial(collate, pad_id=pad_id, pack_length=config.pack_length), generator=torch.Generator()))
         skip = state.step_in_epoch * accum
         if skip:
             loader = skip_first_batches(loader, skip)
@@ -349,7 +410,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
                 # wrapped: float32 inputs of bf16 weights (an embedding hook's CF features) need it all the same
                 with accelerator.autocast() if sharded else nullcontext():
                     logits = lm(batch.input_ids, batch.attention_mask, batch.position_ids, batch.label_rows,
-                                batch.label_cols, batch.histories)
+                                batch.label_cols, batch.row_histories)
                 losses = loss_hook(logits, batch)
                 if losses.shape != batch.label_tokens.shape:
                     raise ValueError(f"the loss hook returned shape {tuple(losses.shape)}, not one loss per label")

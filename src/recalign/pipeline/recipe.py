@@ -77,6 +77,8 @@ class LLMStage:
     recommender: RecommenderConfig = field(default_factory=RecommenderConfig)
     train: SFTConfig = field(default_factory=SFTConfig)
     max_train_rows: int | None = None
+    rows: str = "target"  # "target" (a row per training target) or "sequence" (the sequence objective)
+    context_items: int = 1  # with rows "sequence": each window's leading history-only items
     align: str = "none"  # "none" or "tca" (soft labels from the recipe's CF model)
     tca: TCAConfig = field(default_factory=TCAConfig)  # alpha, beta, msl, tau, objective, faithful_mask
     selection: Selection = field(default_factory=Selection)

@@ -187,7 +187,7 @@ def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> No
     from ..decode.selection import train_with_selection
     from ..index.sid import SemanticIDs
     from ..llm.recommender import LLMRecommender
-    from ..llm.train import sft_train
+    from ..llm.train import sft_train, training_rows_summary
 
     spec, out = recipe.llm, folders["llm"]
     dataset = _dataset(folders)
@@ -207,9 +207,10 @@ def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> No
     tasks = spec.tasks if sids is not None else ("next_item",)
     examples, counts = tsrec.sid_training_examples(recommender, dataset, tasks, semantics, spec.ts_align,
                                                    spec.max_train_rows, spec.max_examples, spec.train.seed,
-                                                   tca.label_mask)
+                                                   tca.label_mask, spec.rows, spec.context_items)
     if sids is not None:
         log("task mix: " + ", ".join(f"{name} {n:,}" for name, n in counts.items()))
+    log(f"LLM training rows ({spec.rows}): {training_rows_summary(examples)}")
     if spec.selection.every:
         result = train_with_selection(recommender, dataset, examples, spec.train, out, spec.selection, loss_hook,
                                       resume=True, log=log)

@@ -32,7 +32,7 @@ class PrepareOptions:
     encoding: str | None = None  # None: the format's own default (utf-8; latin-1 for MovieLens)
     encoding_errors: str = "error"  # or "replace": bad bytes become U+FFFD, counted per line
     unknown_items: str = "error"  # or "drop": ids absent from the item table are removed, counted
-    minionerec_train: str = "none"  # or "valid": see formats/minionerec.py
+    minionerec_train: str = "none"  # or "valid" or "histories": see formats/minionerec.py
     interactions_file: str = "interactions.csv"
     items_file: str = "items.csv"
     columns: CsvColumns = field(default_factory=CsvColumns)
@@ -40,7 +40,7 @@ class PrepareOptions:
     def __post_init__(self) -> None:
         for name, value, allowed in (("encoding_errors", self.encoding_errors, ("error", "replace")),
                                      ("unknown_items", self.unknown_items, ("error", "drop")),
-                                     ("minionerec_train", self.minionerec_train, ("none", "valid"))):
+                                     ("minionerec_train", self.minionerec_train, ("none", "valid", "histories"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 

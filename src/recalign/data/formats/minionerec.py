@@ -6,8 +6,11 @@ literal, oldest first) and ``item_id``; they have no timestamps.
 
 The public data ships no train file. When ``train.csv`` is absent, ``--minionerec-train`` says what to do:
 ``none`` (default) leaves the train split empty, for evaluation-only use; ``valid`` trains on the valid rows
-and leaves the valid split empty (no held-out model selection; test stays untouched). Either choice is
-recorded in the manifest and printed by ``data prepare``.
+and leaves the valid split empty (no held-out model selection; test stays untouched); ``histories`` trains on
+the items before each user's first valid target: the history ``h`` of each user's first valid row (the rows of a
+user are chronological: each later row's history ends with the earlier row's target) gives the train rows
+``(h[:k], h[k])`` for k >= 1, so no valid or test target is ever a train target and valid stays held out. The
+choice is recorded in the manifest and printed by ``data prepare``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..dataset import Dataset, item_table
+from ..dataset import NO_TIMESTAMP, Dataset, item_table
 from ..problems import DataError, Repairs
 from ..textio import parse_list, read_csv, read_text
 from . import PrepareOptions, describe_files
@@ -50,6 +53,21 @@ def description_text(text: str, path: Path, item: str, repairs: Repairs) -> str 
             repairs.add("description_not_a_list", f"{path.name} item {item}")
             text = text.strip("[]").strip("'\"")
     return text.strip() or None
+
+
+def history_rows(users: list, histories: list, targets: list, timestamps: list) -> tuple[list, list, list, list]:
+    """Train rows from the history ``h`` of each user's first valid row: ``(h[:k], h[k])`` for every k >= 1. A
+    later valid row's history holds the earlier valid targets, so only the first is read; the rows carry no
+    timestamp."""
+    out: tuple[list, list, list, list] = ([], [], [], [])
+    first = {}
+    for user, history in zip(users, histories):
+        first.setdefault(user, history)
+    for user, history in first.items():
+        for k in range(1, len(history)):
+            for column, value in zip(out, (user, history[:k], history[k], NO_TIMESTAMP)):
+                column.append(value)
+    return out
 
 
 def prepare(source: Path, options: PrepareOptions, repairs: Repairs) -> Dataset:
@@ -97,10 +115,14 @@ def prepare(source: Path, options: PrepareOptions, repairs: Repairs) -> Dataset:
         if train_from == "valid":
             per_split["train"], per_split["valid"] = per_split["valid"], ([], [], [], [])
             notes.append("no train file: the train split holds the valid rows and the valid split is empty")
+        elif train_from == "histories":
+            per_split["train"] = history_rows(*per_split["valid"])
+            notes.append("no train file: the train split holds the items before each user's first valid target "
+                         f"({len(per_split['train'][0]):,} rows from the histories of the users' first valid rows)")
         else:
             per_split["train"] = ([], [], [], [])
             notes.append("no train file: the train split is empty (evaluation only); "
-                         "--minionerec-train valid trains on the valid rows instead")
+                         "--minionerec-train histories trains on the items before each valid target")
     manifest = {"source": describe_files("minionerec", source, files),
                 "protocol": {"kind": "given", "train_from": train_from,
                              "note": "splits as shipped (a global temporal split); no timestamps"},
