@@ -173,3 +173,21 @@ def test_llm_train_with_sequence_rows_end_to_end(tmp_path):
     refused = runner.invoke(app, ["llm", "train", "--data", str(data), "--out", str(tmp_path / "x"), "--backbone",
                                   "tiny", "--rows", "sequence", "--prompt", "chat"])
     assert refused.exit_code == 1 and "sequence-layout" in refused.output
+
+
+def test_sequence_rows_train_the_same_steps_packed_or_not_at_any_micro_batch(setup, tmp_path):
+    """The loss is the global label mean whatever the micro-batching (what DDP relies on): packed sequence rows at
+    micro-batch 2 and padded ones at micro-batch 4 take the same optimiser steps."""
+    dataset, _ = setup
+    logs = []
+    for micro, pack in ((4, 0), (2, 128), (4, 64)):
+        recommender = LLMRecommender.create(dataset, SEQUENCE)
+        rows, _ = recommender.sequence_examples(dataset, "train")
+        config = SFTConfig(epochs=2, batch_size=4, micro_batch_size=micro, lr=1e-2, warmup_steps=1,
+                           precision="fp32", pack_length=pack, weight_decay=0.0)
+        result = sft_train(recommender.model, rows, config, tmp_path / f"{micro}-{pack}", progress=False,
+                           pad_id=recommender.pad_id)
+        logs.append([row["loss"] for row in result.log])
+    assert len(logs[0]) == 6
+    for other in logs[1:]:
+        assert other == pytest.approx(logs[0], abs=2e-5)

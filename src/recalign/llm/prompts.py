@@ -131,11 +131,9 @@ MINIONEREC = alpaca(
     "that the user may expect?")
 
 # The history at the end, each item as its identifier + EOS (titles or SIDs): the layout of the sequence objective
-SEQUENCE = PromptTemplate(
-    name="sequence",
-    instruction="The {domain} a user interacted with, oldest first, each followed by an end mark. The next one is "
-                "the item the user is most likely to choose.",
-    input_line="Items:", response="", item_format="{title}", separator="none", layout="sequence")
+# (short: the header is paid once per row, and a row holds few items when histories are short)
+SEQUENCE = PromptTemplate(name="sequence", instruction="The {domain} a user chose, oldest first:", input_line="",
+                          response="", item_format="{title}", separator="none", layout="sequence")
 
 TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (TCA4REC, CHAT, TCA4REC_FEATURE, MINIONEREC, SEQUENCE)}
 
