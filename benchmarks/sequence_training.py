@@ -97,8 +97,10 @@ def run_arm(args, name: str, arm: str, data: Path, sids: Path | None) -> dict:
     curve_file = out / "curve.json"
     curve = json.loads(curve_file.read_text()) if curve_file.exists() else []
     budget = args.budget_minutes * 60
-    if curve and curve[-1]["train_seconds"] >= budget:
+    if curve and (curve[-1]["train_seconds"] >= budget or args.report_only):
         return summary(curve, arm)
+    if args.report_only:
+        return None
     dataset = load_dataset(data)
     recommender_config, train = arm_settings(args, name, arm)
     recommender = LLMRecommender.create(dataset, recommender_config,
@@ -111,7 +113,7 @@ def run_arm(args, name: str, arm: str, data: Path, sids: Path | None) -> dict:
         done = curve[-1]["steps"] if curve else 0
         # after a first chunk of --chunk-steps, chunks end near the next of --points equally spaced times
         rate = curve[-1]["steps"] / curve[-1]["train_seconds"] if curve else 0
-        mark = budget * (len(curve)) / args.points if curve else 0
+        mark = min(budget, budget * len(curve) / args.points) if curve else 0
         steps = max(done + 1, math.ceil(mark * rate)) if curve else args.chunk_steps
         with locked(args.lock):
             result = sft_train(recommender.model, examples, replace(train, max_steps=steps), out / "train",
@@ -176,7 +178,7 @@ def report(args, runner: CommandRunner, results: dict[str, dict[str, dict]]) -> 
     if args.note:
         lines += [args.note, ""]
     lines += ["| dataset | objective | rows | targets / row | tokens / row | trained targets / s | ratio | steps | "
-              "last valid NDCG@10 | best valid NDCG@10 (minute) |", "|" + "---|" * 10]
+              "minutes trained | last valid NDCG@10 | best valid NDCG@10 (minute) |", "|" + "---|" * 11]
     for name, arms in results.items():
         base = arms.get("row", {}).get("targets_per_second")
         for arm, r in arms.items():
@@ -184,7 +186,8 @@ def report(args, runner: CommandRunner, results: dict[str, dict[str, dict]]) -> 
             ratio = f"{r['targets_per_second'] / base:.1f}x" if base else "-"
             lines.append(f"| {name} | {arm} | {last['examples']:,} | {last['targets_per_row']:.2f} | "
                          f"{last['tokens_per_row']:.0f} | {r['targets_per_second']:.1f} | {ratio} | {last['steps']} | "
-                         f"{last['NDCG@10']:.4f} ± {last['NDCG@10_ci95']:.4f} | {best['NDCG@10']:.4f} ± "
+                         f"{last['train_seconds'] / 60:.1f} of {args.budget_minutes:g} | {last['NDCG@10']:.4f} ± "
+                         f"{last['NDCG@10_ci95']:.4f} | {best['NDCG@10']:.4f} ± "
                          f"{best['NDCG@10_ci95']:.4f} ({best['train_seconds'] / 60:.1f}) |")
     lines += ["", "![validation NDCG@10 against training time](sequence.png)", "", "## Commands", "",
               *runner.commands_block(), "", "Each arm's points (`curve.json`):", ""]
@@ -214,6 +217,7 @@ def main() -> None:
     parser.add_argument("--title-lr", type=float, default=5e-4)
     parser.add_argument("--valid-rows", type=int, default=200)
     parser.add_argument("--lock", type=Path, default=None, help="a file lock taken around each heavy step")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the curves so far")
     args = parser.parse_args()
 
     import torch
@@ -224,8 +228,14 @@ def main() -> None:
     for name in args.datasets.split(","):
         with locked(args.lock) if args.lock else nullcontext():
             data, sids = prepare(runner, args, name)
-        results[name] = {arm: run_arm(args, name, arm, data, sids) for arm in args.arms.split(",")}
+        arms = {arm: run_arm(args, name, arm, data, sids) for arm in args.arms.split(",")}
+        results[name] = {arm: result for arm, result in arms.items() if result is not None}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    kept = args.out.with_suffix("")  # each arm's curve, the small result committed beside the report
+    kept.mkdir(parents=True, exist_ok=True)
+    for name, arms in results.items():
+        for arm, result in arms.items():
+            (kept / f"{name}-{arm}.json").write_text(json.dumps(result["curve"], indent=1) + "\n")
     plot(results, args.out.with_suffix(".png"))
     args.out.write_text(report(args, runner, results))
     print(args.out.read_text())
