@@ -62,7 +62,7 @@ def list_recipes() -> None:
 
 
 def data_line(recipe, named: dict[str, str]) -> str:
-    from ..data.download import PUBLISHED, cache_problems
+    from ..data.download import PUBLISHED, cache_problems, human_size
 
     if recipe.data.format == "synth":
         return "synthetic (generated, nothing to fetch)"
@@ -70,7 +70,7 @@ def data_line(recipe, named: dict[str, str]) -> str:
         return f"the local folder {recipe.data.source}"
     parts = []
     for dataset in dict.fromkeys(named.values()):
-        size = f", {PUBLISHED[dataset].size / 2**20:.1f} MiB" if dataset in PUBLISHED else ""
+        size = f", {human_size(PUBLISHED[dataset].size)}" if dataset in PUBLISHED else ""
         parts.append(f"{dataset} ({'in the cache' if not cache_problems(dataset) else 'to download' + size})")
     return ", ".join(parts)
 

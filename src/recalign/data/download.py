@@ -61,8 +61,11 @@ AMAZON18_PREFIX = "amazon18:"
 NAME_PREFIXES = (*sorted({name.split(":")[0] + ":" for name in PUBLISHED}), AMAZON18_PREFIX)
 
 
-def _mib(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB"
+def human_size(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 class DownloadError(RuntimeError):
@@ -100,7 +103,7 @@ STATIC: dict[str, tuple[RemoteFile, ...]] = {
 }
 
 DATASETS: dict[str, str] = {
-    **{name: f"{published.about}; {_mib(published.size)}, pinned to {published.repo}@{published.commit[:7]}"
+    **{name: f"{published.about}; {human_size(published.size)}, pinned to {published.repo}@{published.commit[:7]}"
        for name, published in PUBLISHED.items()},
     "movielens-1m": f"MovieLens 1M ratings ({MOVIELENS_ROOT}/ml-1m.zip, MD5-checked), unzipped to ml-1m/",
     f"{AMAZON18_PREFIX}<Category>": (f"Amazon Review Data 2018: 5-core reviews and metadata of one category "
@@ -198,8 +201,9 @@ def _announce(name: str, files: tuple[RemoteFile, ...], records: dict, out: Path
         report(f"{name}: all {len(files)} files already in {out}, verified")
         return
     known = [remote.size for remote in missing if remote.size is not None]
-    size = _mib(sum(known)) if len(known) == len(missing) else (
-        f"{_mib(sum(known))} and {len(missing) - len(known)} of unpublished size" if known else "size not published")
+    unknown = len(missing) - len(known)
+    size = human_size(sum(known)) if not unknown else (
+        f"{human_size(sum(known))} and {unknown} of unpublished size" if known else "size not published")
     host = base_url or missing[0].root
     report(f"{name}: downloading {len(missing)} of {len(files)} files, {size}, from {host} into {out}")
 
