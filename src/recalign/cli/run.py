@@ -4,12 +4,16 @@ packaged demo recipe."""
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .common import ThreadsOption, console, fail, metrics_table, quiet_transformers, set_threads
+from .common import ThreadsOption, console, err, fail, metrics_table, quiet_transformers, set_threads
+
+OfflineOption = Annotated[bool, typer.Option("--offline", help="Fetch nothing: a dataset missing from the data "
+                                                               "cache is an error naming the command to fetch it.")]
 
 
 def run_command(
@@ -18,10 +22,12 @@ def run_command(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: dotted.name=value (YAML), "
                                                                 "repeatable, e.g. --set llm.train.lr=1e-3.")] = None,
     threads: ThreadsOption = None,
+    offline: OfflineOption = False,
 ) -> None:
     """Run a recipe: data -> CF model -> LLM recommender (+ alignment) -> evaluation, each stage in a folder keyed
-    by its settings; finished stages are skipped, an interrupted one resumes from its checkpoints."""
-    run_recipe_and_report(recipe, run_dir, set_ or [], threads)
+    by its settings; finished stages are skipped, an interrupted one resumes from its checkpoints. Data named in
+    the recipe (tca4rec:Toys_and_Games) is fetched into the data cache first unless --offline."""
+    run_recipe_and_report(recipe, run_dir, set_ or [], threads, offline)
 
 
 def report_command(
@@ -39,15 +45,58 @@ def report_command(
 
 
 def list_recipes() -> None:
-    """The recipes shipped with recalign."""
-    from ..pipeline import load_recipe, packaged_recipes
+    """The recipes shipped with recalign: what each runs, the data it fetches, whether it needs a GPU and how long
+    it took where measured."""
+    from ..pipeline import load_recipe, named_data, packaged_recipes
 
+    gpu = gpu_available()
     for name in packaged_recipes():
-        console.print(f"[bold]{name}[/]: {load_recipe(name).description}")
+        recipe = load_recipe(name)
+        typer.echo(name)
+        for line in (recipe.description, f"data: {data_line(recipe, named_data(recipe))}",
+                     f"GPU: {'needed' if recipe.runtime.gpu else 'not needed'}"
+                     + (" (this machine has none)" if recipe.runtime.gpu and not gpu else ""),
+                     f"time: {expected_time(recipe, gpu)}"):
+            typer.echo(textwrap.fill(line, 80, initial_indent="    ", subsequent_indent="      ",
+                                     break_on_hyphens=False))
 
 
-def run_recipe_and_report(recipe: str, run_dir: Path | None, overrides: list[str], threads: int | None) -> Path:
-    from ..pipeline import RecipeError, load_recipe, run_recipe
+def data_line(recipe, named: dict[str, str]) -> str:
+    from ..data.download import PUBLISHED, cache_problems, human_size
+
+    if recipe.data.format == "synth":
+        return "synthetic (generated, nothing to fetch)"
+    if not named:
+        return f"the local folder {recipe.data.source}"
+    parts = []
+    for dataset in dict.fromkeys(named.values()):
+        size = f", {human_size(PUBLISHED[dataset].size)}" if dataset in PUBLISHED else ""
+        parts.append(f"{dataset} ({'in the cache' if not cache_problems(dataset) else 'to download' + size})")
+    return ", ".join(parts)
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def expected_time(recipe, gpu: bool) -> str:
+    """The measured run on this kind of machine (with or without a GPU), else what was measured elsewhere."""
+    kind = "GPU" if gpu else "CPU-only"
+    here = [m for m in recipe.runtime.measured if m.gpu == gpu]
+    if here:
+        m = here[0]
+        when = f", {m.date}" if m.date else ""
+        return f"about {m.seconds / 60:.0f} min on this kind of machine (measured on {m.machine}{when})"
+    elsewhere = "; ".join(f"{m.seconds / 60:.0f} min on {m.machine}" for m in recipe.runtime.measured)
+    return f"not measured on a {kind} machine" + (f" (measured: {elsewhere})" if elsewhere else "")
+
+
+def run_recipe_and_report(recipe: str, run_dir: Path | None, overrides: list[str], threads: int | None,
+                          offline: bool = False) -> Path:
+    from ..data.download import DownloadError
+    from ..pipeline import RecipeError, load_recipe, packaged_recipes, run_recipe, with_local_data
 
     set_threads(threads)
     quiet_transformers()
@@ -55,8 +104,21 @@ def run_recipe_and_report(recipe: str, run_dir: Path | None, overrides: list[str
         loaded = load_recipe(recipe, overrides)
     except RecipeError as exc:
         fail(str(exc))
+    gpu = gpu_available()
+    if loaded.runtime.gpu and not gpu:
+        sibling = f"{loaded.name}-cpu"
+        err.print(f"[bold yellow]warning:[/] {loaded.name} is a GPU recipe and this machine has no CUDA GPU: on the "
+                  f"CPU it would run for days."
+                  + (f" `recalign run {sibling}` is its CPU-scale version." if sibling in packaged_recipes() else ""),
+                  highlight=False, soft_wrap=True)
     run_dir = run_dir or Path("runs") / loaded.name
-    console.print(f"recipe {loaded.name!r} -> {run_dir}")
+    console.print(f"recipe {loaded.name!r} -> {run_dir}; expected time: {expected_time(loaded, gpu)}",
+                  highlight=False, soft_wrap=True)
+    try:
+        loaded = with_local_data(loaded, offline=offline, log=lambda line: console.print(line, highlight=False,
+                                                                                          soft_wrap=True))
+    except (DownloadError, ValueError) as exc:
+        fail(str(exc))
     try:
         outcomes = run_recipe(loaded, run_dir, log=console.print)
     except (ValueError, FileNotFoundError) as exc:
