@@ -20,7 +20,9 @@ def serve_command(
     max_batch: Annotated[int, typer.Option(help="Histories per decoder call (1: no micro-batching).", min=1)] = 8,
     max_wait_ms: Annotated[float, typer.Option(help="How long a decoder call waits for more requests.",
                                                min=0)] = 5.0,
-    max_history: Annotated[int, typer.Option(help="Items per history a request may send.", min=1)] = 200,
+    max_history: Annotated[int, typer.Option(help="Most items a request's history may hold (longer ones are refused "
+                                                  "with 422; the prompt keeps the model's max_history most recent "
+                                                  "ones).", min=1)] = 200,
     max_body_kb: Annotated[int, typer.Option(help="Largest request body in KiB; larger ones get a 413 before they "
                                                   "are read.", min=1)] = 1024,
     threads: ThreadsOption = None,
