@@ -10,6 +10,7 @@ import typer
 
 from .common import (
     EmbedderOption,
+    PrecisionOption,
     ThreadsOption,
     console,
     fail,
@@ -79,7 +80,7 @@ def stage2(
                                                    "baseline (same prompt, LoRA-tuned LLM).")] = True,
     backbone: Annotated[str, typer.Option(help="'smollm2-135m', 'tiny', a hub id or a local path.")] =
         "smollm2-135m",
-    precision: Annotated[str, typer.Option(help="'bf16' or 'fp32'.")] = "bf16",
+    precision: PrecisionOption = "auto",
     lora_r: Annotated[int, typer.Option(help="LoRA rank (the LLM-only baseline).")] = 8,
     n_candidates: Annotated[int, typer.Option(help="Candidates per prompt (the target among them).")] = 20,
     max_history: Annotated[int, typer.Option(help="History titles shown in the prompt.")] = 10,

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from .common import ThreadsOption, console, fail, quiet_transformers, refuse_candidate_model, set_threads
+from .common import (
+    DecodePrecisionOption,
+    ThreadsOption,
+    console,
+    fail,
+    quiet_transformers,
+    refuse_candidate_model,
+    set_threads,
+)
 
 
 def serve_command(
@@ -17,6 +25,10 @@ def serve_command(
     beams: Annotated[int, typer.Option(help="Beams for every request; a request's k may be at most this.")] = 10,
     max_batch: Annotated[int, typer.Option(help="Histories per decoder call (1: no micro-batching).")] = 8,
     max_wait_ms: Annotated[float, typer.Option(help="How long a decoder call waits for more requests.")] = 5.0,
+    max_history: Annotated[int, typer.Option(help="Most items a request's history may hold (longer ones are refused "
+                                                  "with 422; the prompt keeps the model's max_history most recent "
+                                                  "ones).")] = 200,
+    precision: DecodePrecisionOption = "auto",
     threads: ThreadsOption = None,
 ) -> None:
     """Serve recommendations over HTTP: POST /recommend, POST /recommend/batch, GET /items/{id}, GET /health;
@@ -30,9 +42,9 @@ def serve_command(
     quiet_transformers()
     refuse_candidate_model(model)
     try:
-        recommender = LLMRecommender.from_pretrained(model)
+        recommender = LLMRecommender.from_pretrained(model, precision=precision)
         app = create_app(recommender, ServeSettings(beams=beams, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                                                    model=str(model)))
+                                                    max_history=max_history, model=str(model)))
     except (FileNotFoundError, KeyError, ValueError) as exc:
         fail(f"{model}: {exc}")
     console.print(f"serving {model} ({len(recommender.raw_ids):,} items, {beams} beams, micro-batches of up to "

@@ -53,6 +53,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..precision import resolve_precision
 from .backbones import unwrap_causal_lm
 from .hooks import EmbeddingHook, hooked_embeddings
 
@@ -115,7 +116,8 @@ class SFTConfig:
     weight_decay: float = 0.01  # not on biases / norm weights
     warmup_steps: int = 20  # linear warm-up then linear decay to 0 over the real number of optimiser steps
     max_grad_norm: float = 1.0  # 0 = no clipping
-    precision: str = "bf16"  # "bf16" (autocast via accelerate mixed_precision) or "fp32"
+    precision: str = "auto"  # "bf16" (autocast via accelerate mixed_precision), "fp32", or "auto": bf16 where the
+    # hardware computes it natively (recalign.precision)
     seed: int = 42
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = once per epoch
     log_every: int = 10  # optimiser steps between console lines (the CSV gets every step)
@@ -276,12 +278,11 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
     ``embedding_hook`` rewrites the input embeddings (``EmbeddingHook``); its trainable weights train with the
     model's and are trained in place too."""
     out = Path(out)
-    if config.precision not in ("bf16", "fp32"):
-        raise ValueError(f"unknown precision {config.precision!r}: expected bf16 or fp32")
+    precision = resolve_precision(config.precision)
     if not examples:
         raise ValueError("no training examples")
     loss_hook = loss_hook or cross_entropy_loss
-    mixed_precision = "bf16" if config.precision == "bf16" else "no"
+    mixed_precision = "bf16" if precision == "bf16" else "no"
     _allow_precision(mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
