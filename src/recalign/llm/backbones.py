@@ -190,6 +190,16 @@ def apply_lora(model: Any, settings: LoraSettings, trainable_tokens: dict[str, l
         return get_peft_model(model, config)
 
 
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute each layer's activations in backward, non-reentrant (gradients then reach LoRA weights although
+    the frozen embeddings' outputs need none). transformers 5.2x renamed ``gradient_checkpointing_enable``, which
+    now warns on every call, to ``activation_checkpointing_enable``."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def unwrap_causal_lm(model: Any) -> Any:
     """The ``*ForCausalLM`` module inside ``model`` (itself, or a PeftModel's base model).
 

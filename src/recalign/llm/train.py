@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..precision import resolve_precision
-from .backbones import unwrap_causal_lm
+from .backbones import enable_activation_checkpointing, unwrap_causal_lm
 from .hooks import EmbeddingHook, hooked_embeddings
 
 CHECKPOINT = "checkpoint"
@@ -297,7 +297,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
 
     if config.gradient_checkpointing:
         # non-reentrant: gradients reach LoRA weights even though the frozen embeddings' outputs need none
-        unwrap_causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(unwrap_causal_lm(model))
     trained = LabelPositionLM(model, embedding_hook)
     sharded = accelerator.distributed_type == DistributedType.FSDP
     if sharded:
