@@ -3,9 +3,10 @@
 ``auto`` is bf16 where the hardware computes it natively and fp32 elsewhere: on a CUDA GPU, bf16 when the GPU
 supports it; on a CPU, bf16 only with the avx512_bf16 or amx_bf16 instructions (``bf16`` on Arm), read from
 /proc/cpuinfo, or, where the flags cannot be read (macOS, Windows), when a one-off micro-benchmark (cached per
-machine) finds a bf16 matmul no slower than an fp32 one. Without native instructions bf16 is emulated: one
-SmolLM2-135M training step took 25 times longer than in fp32 on an AVX2 CPU (issue 21). The choice and its reason
-are printed once per process; an explicit ``bf16`` on a CPU without native support warns with the measured slowdown.
+machine) finds a bf16 matmul no slower than an fp32 one. Without native instructions torch emulates bf16, which
+costs time instead of saving it (docs/benchmarks/precision.md; issue 21 reports a demo heading for five hours on an
+AVX2 CPU). The choice and its reason are printed once per process; an explicit ``bf16`` on a CPU without
+native support warns with the measured slowdown.
 
 Only the standard library is imported at module level: the CLI's start-up must not pay for torch.
 """
@@ -79,7 +80,7 @@ def _benchmark_key(info: CPUInfo) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _time_matmul(dtype, repeats: int = 3) -> float:
+def time_matmul(dtype, repeats: int = 3) -> float:
     import time
 
     import torch
@@ -118,7 +119,7 @@ def bf16_slowdown() -> float:
         cached = {}
     if isinstance(cached.get(key), dict) and "slowdown" in cached[key]:
         return float(cached[key]["slowdown"])
-    fp32, bf16 = _time_matmul(torch.float32), _time_matmul(torch.bfloat16)
+    fp32, bf16 = time_matmul(torch.float32), time_matmul(torch.bfloat16)
     cached[key] = {"cpu": info.model, "fp32_seconds": fp32, "bf16_seconds": bf16, "slowdown": bf16 / fp32}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,7 @@ def test_the_micro_benchmark_runs_once_per_machine(monkeypatch, tmp_path):
     monkeypatch.setattr(precision, "cpu_info", lambda: AVX2_ONLY)
     times = {torch.float32: 0.01, torch.bfloat16: 0.3}
     calls = []
-    monkeypatch.setattr(precision, "_time_matmul", lambda dtype: calls.append(dtype) or times[dtype])
+    monkeypatch.setattr(precision, "time_matmul", lambda dtype: calls.append(dtype) or times[dtype])
     precision.bf16_slowdown.cache_clear()
     try:
         assert precision.bf16_slowdown() == pytest.approx(30.0)
