@@ -105,12 +105,14 @@ def stage2(
     from ..llm.backbones import LoraSettings
     from ..llm.recommender import RecommenderConfig
     from ..llm.train import SFTConfig
+    from ..precision import resolve_precision
 
     dataset = load_dataset_or_fail(data)
     if soft_tokens and stage1_dir is None:
         fail("soft tokens need --stage1 DIR (from `recalign allmrec stage1`)")
     cf_model = load_cf_or_fail(cf, dataset)
     try:
+        precision = resolve_precision(precision)  # saved resolved, in config.json and the checkpoints
         config = RecommenderConfig(backbone, precision, "frozen" if soft_tokens else "lora",
                                    LoraSettings(r=lora_r, alpha=2 * lora_r), max_history=max_history, seed=seed)
         sft = SFTConfig(epochs=1, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,

@@ -143,6 +143,7 @@ def llm_train(
     from ..llm.recommender import LLMRecommender, RecommenderConfig, check_feature_template
     from ..llm.tasks import check_tasks
     from ..llm.train import SFTConfig, accumulation_steps, launch_state, sft_train
+    from ..precision import resolve_precision
 
     dataset = load_dataset_or_fail(data)
     if dataset.table("train").num_rows == 0:
@@ -160,6 +161,7 @@ def llm_train(
     task_list = tuple(t for t in tasks.split(",") if t) if sids else ("next_item",)
     try:
         lora = LoraSettings(lora_r, lora_alpha, lora_dropout, tuple(t for t in lora_targets.split(",") if t))
+        precision = resolve_precision(precision)  # saved resolved, in config.json and the checkpoints
         config = RecommenderConfig(backbone, precision, finetune, lora, prompt, domain, max_history, seed,
                                    use_feature=use_feature, feature_frozen=feature_frozen,
                                    identifier="sid" if sids else "title")
