@@ -16,7 +16,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import machine
 
 START, END = 1_104_537_600, 1_538_352_000  # 2005-01-01 .. 2018-10-01, the span of the 2018 dumps
 DAY = 86_400
@@ -122,12 +122,6 @@ def measure(command: list[str]) -> tuple[float, float]:
     if child.returncode != 0:
         raise SystemExit(f"{shlex.join(command)} failed ({child.returncode}):\n{output}")
     return seconds, usage.ru_maxrss / 1024  # ru_maxrss is KiB on Linux
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
 def main() -> None:

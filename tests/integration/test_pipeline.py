@@ -214,3 +214,29 @@ def test_an_allmrec_recipe_trains_both_stages_and_reports_the_candidate_protocol
     assert "## Candidate protocol (A-LLMRec)" in report and "| A-LLMRec |" in report
     with pytest.raises(RecipeError, match="allmrec needs a cf stage"):
         load_recipe(write(tmp_path, {**recipe, "cf": None}, "bad.yaml"))
+
+
+def test_an_auto_precision_run_records_the_resolved_one_and_prints_its_artefacts(tmp_path, monkeypatch):
+    from recalign import precision
+
+    monkeypatch.setattr(precision, "_gpu", lambda: None)  # a CPU without bf16 instructions
+    monkeypatch.setattr(precision, "cpu_info", lambda: precision.CPUInfo("AMD EPYC 7B12", frozenset({"avx2"})))
+    llm = {**SMALL["llm"], "recommender": {**SMALL["llm"]["recommender"], "precision": "auto"},
+           "train": {**SMALL["llm"]["train"], "precision": "auto"}, "max_train_rows": 8}
+    recipe_file = write(tmp_path, {**SMALL, "cf": None, "llm": llm})
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(recipe_file), "--run-dir", str(run), "--set", "eval.rows=3"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / "run.json").read_text())
+    assert record["overrides"] == ["eval.rows=3"]
+    llm_dir = run / record["stages"]["llm"]
+    stage = json.loads((llm_dir / "stage.json").read_text())
+    assert stage["settings"]["recommender"]["precision"] == "auto"
+    assert stage["outcome"]["precision"] == {"weights": "fp32", "training": "fp32"}
+    assert json.loads((llm_dir / "config.json").read_text())["recommender"]["precision"] == "fp32"
+    output = " ".join(result.output.split())  # rich may wrap long lines
+    assert f"dataset folder: {run / record['stages']['data'] / 'dataset'}" in output
+    assert f"LLM recommender: {llm_dir}" in output
+    report = (run / "report" / "report.md").read_text()
+    assert "Overrides (`--set`): `eval.rows=3`." in report
+    assert "Precision of the llm stage: weights fp32, training fp32 (resolved from `auto`" in report

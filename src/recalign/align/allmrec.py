@@ -202,7 +202,7 @@ def train_stage1(cf_model: CFModel, dataset, text_embeddings: np.ndarray, config
             losses["total"].backward()
             optimiser.step()
             for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
+                sums[name] = sums.get(name, 0.0) + value.item()  # float() of a graph tensor warns
             batches += 1
         log.append({"epoch": epoch + 1, **{name: value / batches for name, value in sums.items()}})
         out.mkdir(parents=True, exist_ok=True)

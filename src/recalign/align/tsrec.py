@@ -209,7 +209,7 @@ def ts_align_examples(tokenizer, semantics: dict[str, TokenSemantics], tokens: l
 
 
 def load_semantics(source: str, sids: list[list[str]], titles: list[str], teacher: str = "smollm2-135m",
-                   precision: str = "bf16", progress=None) -> tuple[dict[str, TokenSemantics], dict]:
+                   precision: str = "auto", progress=None) -> tuple[dict[str, TokenSemantics], dict]:
     """Token semantics from ``source``: "tfidf", "teacher" (the local LLM ``teacher``, loaded here) or the path of a
     teacher file; and what was repaired (teacher answers that were not JSON)."""
     if source == "tfidf":

@@ -10,6 +10,7 @@ import typer
 
 from .common import (
     EmbedderOption,
+    PrecisionOption,
     ThreadsOption,
     console,
     fail,
@@ -79,7 +80,7 @@ def stage2(
                                                    "baseline (same prompt, LoRA-tuned LLM).")] = True,
     backbone: Annotated[str, typer.Option(help="'smollm2-135m', 'tiny', a hub id or a local path.")] =
         "smollm2-135m",
-    precision: Annotated[str, typer.Option(help="'bf16' or 'fp32'.")] = "bf16",
+    precision: PrecisionOption = "auto",
     lora_r: Annotated[int, typer.Option(help="LoRA rank (the LLM-only baseline).")] = 8,
     n_candidates: Annotated[int, typer.Option(help="Candidates per prompt (the target among them).")] = 20,
     max_history: Annotated[int, typer.Option(help="History titles shown in the prompt.")] = 10,
@@ -104,12 +105,14 @@ def stage2(
     from ..llm.backbones import LoraSettings
     from ..llm.recommender import RecommenderConfig
     from ..llm.train import SFTConfig
+    from ..precision import resolve_precision
 
     dataset = load_dataset_or_fail(data)
     if soft_tokens and stage1_dir is None:
         fail("soft tokens need --stage1 DIR (from `recalign allmrec stage1`)")
     cf_model = load_cf_or_fail(cf, dataset)
     try:
+        precision = resolve_precision(precision)  # saved resolved, in config.json and the checkpoints
         config = RecommenderConfig(backbone, precision, "frozen" if soft_tokens else "lora",
                                    LoraSettings(r=lora_r, alpha=2 * lora_r), max_history=max_history, seed=seed)
         sft = SFTConfig(epochs=1, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,

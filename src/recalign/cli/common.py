@@ -12,6 +12,12 @@ from rich.table import Table
 console = Console()
 err = Console(stderr=True)
 ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
+PrecisionOption = Annotated[str, typer.Option(help="'auto' (bf16 on a GPU that supports it or a CPU with "
+                                                   "avx512_bf16/amx, else fp32; the choice is printed), 'bf16' or "
+                                                   "'fp32'.")]
+DecodePrecisionOption = Annotated[str, typer.Option(help="Precision of the weights while decoding: 'auto' (bf16 "
+                                                         "where the GPU or CPU computes it natively, else fp32), "
+                                                         "'bf16' or 'fp32'.")]
 
 
 def quiet_transformers() -> None:

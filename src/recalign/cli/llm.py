@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from .common import (
+    DecodePrecisionOption,
+    PrecisionOption,
     ThreadsOption,
     console,
     fail,
@@ -79,7 +81,7 @@ def llm_train(
     domain: Annotated[str, typer.Option(help="What the prompt calls the items ('games', 'office products').")] =
         "items",
     max_history: Annotated[int, typer.Option(help="Most recent history items in the prompt.")] = 10,
-    precision: Annotated[str, typer.Option(help="'bf16' or 'fp32'.")] = "bf16",
+    precision: PrecisionOption = "auto",
     epochs: Annotated[int, typer.Option(help="Passes over the training rows.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Rows per optimiser step (all processes, all accumulation).")] = 16,
     micro_batch_size: Annotated[int, typer.Option(help="Rows per forward pass per process.")] = 4,
@@ -148,6 +150,7 @@ def llm_train(
     from ..llm.recommender import LLMRecommender, RecommenderConfig, check_feature_template
     from ..llm.tasks import check_tasks
     from ..llm.train import SFTConfig, accumulation_steps, launch_state, sft_train, training_rows_summary
+    from ..precision import resolve_precision
 
     dataset = load_dataset_or_fail(data)
     if dataset.table("train").num_rows == 0:
@@ -167,6 +170,7 @@ def llm_train(
     task_list = tuple(t for t in tasks.split(",") if t) if sids else ("next_item",)
     try:
         lora = LoraSettings(lora_r, lora_alpha, lora_dropout, tuple(t for t in lora_targets.split(",") if t))
+        precision = resolve_precision(precision)  # saved resolved, in config.json and the checkpoints
         config = RecommenderConfig(backbone, precision, finetune, lora, prompt, domain, max_history, seed,
                                    use_feature=use_feature, feature_frozen=feature_frozen,
                                    identifier="sid" if sids else "title")
@@ -319,6 +323,7 @@ def llm_eval(
     beams: BeamsOption = 10,
     batch_size: Annotated[int, typer.Option(help="Users per forward pass.")] = 8,
     max_rows: RowsOption = None,
+    precision: DecodePrecisionOption = "auto",
     threads: ThreadsOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -332,7 +337,7 @@ def llm_eval(
     refuse_candidate_model(model)
     dataset = load_dataset_or_fail(data)
     try:
-        recommender = LLMRecommender.from_pretrained(model, dataset)
+        recommender = LLMRecommender.from_pretrained(model, dataset, precision=precision)
     except (FileNotFoundError, CatalogueMismatch, KeyError, ValueError) as exc:
         fail(f"{model}: {exc}")
     from ..llm.train import launch_state
@@ -390,42 +395,72 @@ def recommend_command(
     history: Annotated[str, typer.Option(help="Comma-separated item ids (or raw ids with --raw), oldest first.")],
     k: Annotated[int, typer.Option("-k", "--k", help="How many items to recommend.")] = 10,
     raw: Annotated[bool, typer.Option(help="--history holds the dataset's raw item ids.")] = False,
-    as_json: JsonOption = False,
+    exclude_history: Annotated[bool, typer.Option(help="Never recommend an item of the history (the search then "
+                                                       "keeps k + that many beams).")] = False,
+    precision: DecodePrecisionOption = "auto",
+    threads: ThreadsOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the recommendations as JSON (item, raw_id, title, "
+                                                        "score per item, best first) instead of a table.")] = False,
 ) -> None:
-    """Recommend the next items for one history, with titles and scores."""
+    """Recommend the next items for one history, with titles and scores.
+
+    A score is the mean log-probability per token the LLM gives the item's identifier (its title or SID, the end
+    token included) after the prompt: at most 0, higher is better. Items sharing an identifier share its score;
+    the order is that of the constrained beam search."""
     from rich.table import Table
 
+    from ..llm.recommender import saved_catalogue
+
+    refuse_candidate_model(model)
+    try:  # the history is checked against the saved catalogue before the model's long load
+        _, catalogue = saved_catalogue(model)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(f"{model}: {exc}")
+    items = history_items(history, raw, [row["raw_id"] for row in catalogue])
+    if k < 1:
+        fail("-k must be at least 1")
+    set_threads(threads)
+    quiet_transformers()
+    from ..decode import BeamConfig
     from ..decode.recommend import recommend
     from ..llm.recommender import LLMRecommender
 
-    quiet_transformers()
-    refuse_candidate_model(model)
     try:
-        recommender = LLMRecommender.from_pretrained(model)
+        recommender = LLMRecommender.from_pretrained(model, precision=precision)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         fail(f"{model}: {exc}")
-    tokens = [t.strip() for t in history.split(",") if t.strip()]
-    if not tokens:
-        fail("--history is empty")
-    if raw:
-        positions = {raw_id: i for i, raw_id in enumerate(recommender.raw_ids)}
-        unknown = [t for t in tokens if t not in positions]
-        items = [positions.get(t, -1) for t in tokens]
-    else:
-        unknown = [t for t in tokens if not t.isdigit() or int(t) >= len(recommender.raw_ids)]
-        items = [int(t) for t in tokens if t not in unknown]
-    if unknown:
-        fail(f"unknown item{'s' if len(unknown) > 1 else ''} in --history: {', '.join(unknown)} (the catalogue has "
-             f"ids 0..{len(recommender.raw_ids) - 1}{'; raw ids are matched exactly' if raw else ''})")
-    if k < 1:
-        fail("-k must be at least 1")
-    (rows,) = recommend(recommender, [items], k)
+    excluded = set(items) if exclude_history else set()
+    beams = k + len(excluded)
+    (rows,) = recommend(recommender, [items], None, BeamConfig(num_beams=beams))
+    rows = [row for row in rows if row.item not in excluded][:k]
     if as_json:
         typer.echo(json.dumps([row.__dict__ for row in rows], indent=2, ensure_ascii=False))
         return
-    table = Table(title=f"top {k} after {len(items)} history items")
+    table = Table(title=f"top {k} after {len(items)} history items"
+                        + (" (history items excluded)" if exclude_history else ""),
+                  caption="score: mean log-probability per token of the item's identifier (at most 0; higher is "
+                          "better)")
     for column in ("rank", "item", "raw id", "title", "score"):
         table.add_column(column, justify="right" if column in ("rank", "item", "score") else "left")
     for rank, row in enumerate(rows, 1):
         table.add_row(str(rank), str(row.item), row.raw_id, row.title, f"{row.score:.4f}")
     console.print(table)
+
+
+def history_items(history: str, raw: bool, raw_ids: list[str]) -> list[int]:
+    """The item ids of a comma-separated --history (item ids, or raw ids with ``raw``), or a CLI failure naming
+    every unknown one."""
+    tokens = [t.strip() for t in history.split(",") if t.strip()]
+    if not tokens:
+        fail("--history is empty")
+    if raw:
+        positions = {raw_id: i for i, raw_id in enumerate(raw_ids)}
+        unknown = [t for t in tokens if t not in positions]
+        items = [positions.get(t, -1) for t in tokens]
+    else:
+        unknown = [t for t in tokens if not t.isdigit() or int(t) >= len(raw_ids)]
+        items = [int(t) for t in tokens if t not in unknown]
+    if unknown:
+        fail(f"unknown item{'s' if len(unknown) > 1 else ''} in --history: {', '.join(unknown)} (the catalogue has "
+             f"ids 0..{len(raw_ids) - 1}{'; raw ids are matched exactly' if raw else ''})")
+    return items

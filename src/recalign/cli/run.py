@@ -120,7 +120,7 @@ def run_recipe_and_report(recipe: str, run_dir: Path | None, overrides: list[str
     except (DownloadError, ValueError) as exc:
         fail(str(exc))
     try:
-        outcomes = run_recipe(loaded, run_dir, log=console.print)
+        outcomes = run_recipe(loaded, run_dir, log=console.print, overrides=overrides)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     results = json.loads((outcomes[-1].folder / "results.json").read_text())
@@ -134,4 +134,24 @@ def run_recipe_and_report(recipe: str, run_dir: Path | None, overrides: list[str
     console.print(f"stages run: {', '.join(o.stage for o in outcomes if not o.skipped) or 'none'}"
                   + (f"; skipped (finished earlier): {', '.join(skipped)}" if skipped else "")
                   + f"; results in {outcomes[-1].folder / 'results.json'}; report in {report}")
+    for line in artefact_lines({o.stage: o.folder for o in outcomes}):
+        console.print(line, highlight=False, soft_wrap=True)
     return run_dir
+
+
+ARTEFACTS = {"data": ("dataset folder", "dataset", "--data of `eval`, `cf`, `llm` and `allmrec` commands"),
+             "index": ("semantic IDs", "", "--sids of `llm train`"),
+             "cf": ("CF model", "", "--model-dir of `cf eval`, --cf of `llm train` and `allmrec`"),
+             "llm": ("LLM recommender", "", "--model of `recommend`, `serve` and `llm eval`"),
+             "allmrec": ("A-LLMRec stage 2", "", "--model of `allmrec eval`")}
+
+
+def artefact_lines(folders: dict[str, Path]) -> list[str]:
+    """Where each stage's artefact is, and which commands take it (so nobody has to read run.json)."""
+    lines = ["artefacts:"]
+    for stage, (what, inside, used_by) in ARTEFACTS.items():
+        if stage in folders:
+            lines.append(f"  {what}: {folders[stage] / inside if inside else folders[stage]}  ({used_by})")
+    if "llm" in folders and "data" in folders:
+        lines.append(f"  try: recalign recommend --model {folders['llm']} --history 0,1,2 --exclude-history")
+    return lines

@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from .common import ThreadsOption, console, fail, quiet_transformers, refuse_candidate_model, set_threads
+from .common import (
+    DecodePrecisionOption,
+    ThreadsOption,
+    console,
+    fail,
+    quiet_transformers,
+    refuse_candidate_model,
+    set_threads,
+)
 
 
 def serve_command(
@@ -25,6 +33,7 @@ def serve_command(
                                                   "ones).", min=1)] = 200,
     max_body_kb: Annotated[int, typer.Option(help="Largest request body in KiB; larger ones get a 413 before they "
                                                   "are read.", min=1)] = 1024,
+    precision: DecodePrecisionOption = "auto",
     threads: ThreadsOption = None,
 ) -> None:
     """Serve recommendations over HTTP: POST /recommend, POST /recommend/batch, GET /items/{id}, GET /health;
@@ -39,7 +48,7 @@ def serve_command(
     quiet_transformers()
     refuse_candidate_model(model)
     try:
-        recommender = LLMRecommender.from_pretrained(model)
+        recommender = LLMRecommender.from_pretrained(model, precision=precision)
         app = create_app(recommender, ServeSettings(beams=beams, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                                     max_history=max_history, max_body_bytes=max_body_kb * 1024,
                                                     model=str(model)))

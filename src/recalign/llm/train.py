@@ -53,7 +53,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .backbones import unwrap_causal_lm
+from ..precision import resolve_precision
+from .backbones import enable_activation_checkpointing, unwrap_causal_lm
 from .hooks import EmbeddingHook, hooked_embeddings
 
 CHECKPOINT = "checkpoint"
@@ -139,7 +140,8 @@ class SFTConfig:
     weight_decay: float = 0.01  # not on biases / norm weights
     warmup_steps: int = 20  # linear warm-up then linear decay to 0 over the real number of optimiser steps
     max_grad_norm: float = 1.0  # 0 = no clipping
-    precision: str = "bf16"  # "bf16" (autocast via accelerate mixed_precision) or "fp32"
+    precision: str = "auto"  # "bf16" (autocast via accelerate mixed_precision), "fp32", or "auto": bf16 where the
+    # hardware computes it natively (recalign.precision)
     seed: int = 42
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = once per epoch
     log_every: int = 10  # optimiser steps between console lines (the CSV gets every step)
@@ -334,15 +336,14 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
     ``embedding_hook`` rewrites the input embeddings (``EmbeddingHook``); its trainable weights train with the
     model's and are trained in place too."""
     out = Path(out)
-    if config.precision not in ("bf16", "fp32"):
-        raise ValueError(f"unknown precision {config.precision!r}: expected bf16 or fp32")
+    precision = resolve_precision(config.precision)
     if not examples:
         raise ValueError("no training examples")
     if config.pack_length and embedding_hook is not None:
         raise ValueError("packing puts several examples in one row, and an embedding hook reads one history per "
                          "row: train with pack_length 0")
     loss_hook = loss_hook or cross_entropy_loss
-    mixed_precision = "bf16" if config.precision == "bf16" else "no"
+    mixed_precision = "bf16" if precision == "bf16" else "no"
     _allow_precision(mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
@@ -357,7 +358,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
 
     if config.gradient_checkpointing:
         # non-reentrant: gradients reach LoRA weights even though the frozen embeddings' outputs need none
-        unwrap_causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(unwrap_causal_lm(model))
     trained = LabelPositionLM(model, embedding_hook)
     sharded = accelerator.distributed_type == DistributedType.FSDP
     if sharded:
