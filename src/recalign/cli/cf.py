@@ -34,13 +34,13 @@ def train_cf(data: Path, model: str, out: Path, preset: str | None = None, resum
 
     dataset = load_dataset_or_fail(data)
     try:
-        cf_model = build_model(model, dataset.n_items, preset, **(overrides or {}))
         config = TrainConfig(**(train_options or {}))
+        torch.manual_seed(config.seed)  # before the model is built: its initial weights come from the seed
+        cf_model = build_model(model, dataset.n_items, preset, **(overrides or {}))
     except (ValueError, TypeError) as exc:
         fail(str(exc))
     if dataset.table("train").num_rows == 0:
         fail(f"{data} has no training examples")
-    torch.manual_seed(config.seed)
     state = train(cf_model, dataset, config, out, resume=resume, progress=progress)
     best = from_pretrained(out, dataset)
     console.print(f"{model}: best epoch {state.best_epoch} of {state.epoch}; model saved in {out}")
