@@ -88,3 +88,39 @@ def test_allmrec_stages_with_a_seed_are_reproducible(tmp_path, data, monkeypatch
                                                 "--precision", "fp32", "--max-train-rows", "8", "--n-candidates", "4",
                                                 "--seed", "3"], "allmrec_projectors.safetensors")
     assert first == second
+
+
+# ----- 9: finished work is not overwritten unasked ----------------------------------------------------------------
+
+def test_cf_train_refuses_to_replace_a_trained_model(tmp_path, data):
+    command = ["cf", "train", "--data", data, "--model", "sasrec", *CF_SMALL, "--out", tmp_path / "cf"]
+    invoke(*command)
+    before = file_digest(tmp_path / "cf" / "model.safetensors")
+    message = refused(*command, "--seed", "5")
+    assert "already holds the work of an earlier run (model.safetensors, checkpoint)" in message
+    assert "--resume continues it, --overwrite replaces it" in message
+    assert file_digest(tmp_path / "cf" / "model.safetensors") == before
+    invoke(*command, "--resume")  # continuing is allowed
+    invoke(*command, "--seed", "5", "--overwrite")
+    assert file_digest(tmp_path / "cf" / "model.safetensors") != before
+
+
+def test_llm_train_refuses_to_replace_a_trained_recommender(tmp_path, data):
+    command = ["llm", "train", "--data", data, *LLM_SMALL, "--out", tmp_path / "llm"]
+    invoke(*command)
+    before = file_digest(tmp_path / "llm" / "model" / "model.safetensors")
+    assert "already holds the work of an earlier run (config.json, train)" in refused(*command, "--seed", "5")
+    assert file_digest(tmp_path / "llm" / "model" / "model.safetensors") == before
+    invoke(*command, "--seed", "5", "--overwrite")
+    assert file_digest(tmp_path / "llm" / "model" / "model.safetensors") != before
+
+
+def test_index_commands_refuse_to_replace_sids_and_out_must_be_a_folder(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
+    command = ["index", "build", "--data", data, "--method", "rqkmeans", "--levels", "2", "--codebook-size", "3"]
+    invoke(*command, "--out", tmp_path / "sids")
+    assert "already holds the work of an earlier run (sids.json): --overwrite replaces it" in refused(
+        *command, "--out", tmp_path / "sids", "--seed", "4")
+    invoke(*command, "--out", tmp_path / "sids", "--seed", "4", "--overwrite")
+    (tmp_path / "file").write_text("x")
+    assert f"--out {tmp_path / 'file'} is a file" in refused(*command, "--out", tmp_path / "file")

@@ -10,12 +10,14 @@ import typer
 
 from .common import (
     EmbedderOption,
+    OverwriteOption,
     ThreadsOption,
     console,
     fail,
     load_cf_or_fail,
     load_dataset_or_fail,
     quiet_transformers,
+    refuse_to_overwrite,
     set_threads,
 )
 
@@ -93,10 +95,12 @@ def stage2(
     max_train_rows: Annotated[int | None, typer.Option(help="The first N training rows only.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the projectors, candidates and order.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
 ) -> None:
     """Stage 2: the frozen LLM reads F_U(user) and F_I(items) at soft tokens; only the projectors train."""
     set_threads(threads)
+    refuse_to_overwrite(out, ("config.json", "train"), overwrite, resume)
     quiet_transformers()
     import numpy as np
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from .common import (
+    OverwriteOption,
     ThreadsOption,
     console,
     evaluate_scorers,
@@ -17,12 +18,16 @@ from .common import (
     make_protocol,
     metrics_table,
     parse_ks,
+    refuse_to_overwrite,
     set_threads,
 )
 from .evaluate import ExcludeOption, JsonOption, KOption, NegativesOption, ProtocolOption, SplitOption, TrainedOnOption
 
 cf_app = typer.Typer(help="Train and evaluate CF backbones (SASRec, GRU4Rec, BERT4Rec, NextItNet, MF, NCF).",
                      no_args_is_help=True)
+
+
+CF_OUTPUTS = ("model.safetensors", "checkpoint")  # what a run of `cf train` leaves in --out
 
 
 def train_cf(data: Path, model: str, out: Path, preset: str | None = None, resume: bool = False,
@@ -66,10 +71,12 @@ def cf_train(
     patience: Annotated[int, typer.Option(help="Epochs without a better valid NDCG@10 before stopping.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, sampling and dropout.")] = 42,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
 ) -> None:
     """Train a CF model with early stopping on validation NDCG@10, checkpointing every epoch."""
     set_threads(threads)
+    refuse_to_overwrite(out, CF_OUTPUTS, overwrite, resume)
     overrides = dict(hidden=hidden, max_len=max_len, dropout=dropout, loss=loss, positions=positions)
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                          seed=seed)
