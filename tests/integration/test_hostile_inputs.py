@@ -124,3 +124,83 @@ def test_index_commands_refuse_to_replace_sids_and_out_must_be_a_folder(tmp_path
     invoke(*command, "--out", tmp_path / "sids", "--seed", "4", "--overwrite")
     (tmp_path / "file").write_text("x")
     assert f"--out {tmp_path / 'file'} is a file" in refused(*command, "--out", tmp_path / "file")
+
+
+# ----- 8: --resume continues only the run it belongs to -----------------------------------------------------------
+
+def retitled(dataset, folder):
+    """The same raw ids and interactions under other titles: another catalogue to anything that generates titles."""
+    import pandas as pd
+
+    from recalign.data.dataset import Dataset, item_table
+
+    items = pd.DataFrame({"raw_id": dataset.raw_ids, "title": [f"other {t}" for t in dataset.titles]})
+    return Dataset(item_table(items), dataset.examples).save(folder)
+
+
+def test_cf_resume_refuses_a_checkpoint_of_other_settings_data_or_catalogue(tmp_path, data):
+    from recalign.data import load_dataset
+
+    command = ["cf", "train", "--model", "sasrec", *CF_SMALL, "--out", tmp_path / "cf", "--resume"]
+    invoke(*command, "--data", data)
+    message = refused(*command, "--data", data, "--lr", "0.01", "--hidden", "16")
+    assert "it belongs to a run with other settings: hidden 8 (now 16); lr 0.001 (now 0.01)" in message
+    other_rows = rule_dataset(seed=1, with_valid=True).save(tmp_path / "other")
+    assert "training rows '" in refused(*command, "--data", other_rows)
+    assert "catalogue '" in refused(*command, "--data", retitled(load_dataset(data), tmp_path / "retitled"))
+    invoke(*command, "--epochs", "3", "--data", data)  # a longer run is the same run (the last --epochs counts)
+
+
+def test_llm_resume_refuses_other_training_rows_and_names_changed_settings(tmp_path, data):
+    command = ["llm", "train", "--data", data, *LLM_SMALL, "--out", tmp_path / "llm", "--resume"]
+    invoke(*command)
+    message = refused(*command[:-1], "--max-train-rows", "8", "--lr", "0.001", "--resume")
+    assert "lr 0.0002 (now 0.001)" in message
+    assert "training examples 16 rows, digest" in message and "(now 8 rows, digest" in message
+
+
+# ----- 11: a catalogue is its raw ids and its titles --------------------------------------------------------------
+
+def test_models_refuse_a_catalogue_with_the_same_ids_and_other_titles(tmp_path, data):
+    from recalign.data import load_dataset
+
+    other = retitled(load_dataset(data), tmp_path / "retitled")
+    invoke("cf", "train", "--data", data, "--model", "sasrec", *CF_SMALL, "--out", tmp_path / "cf")
+    expected = "same 12 raw ids but other titles: 12 differ, the first item 'i0' titled 't0' then, 'other t0' now"
+    assert expected in refused("cf", "eval", "--data", other, "--model-dir", tmp_path / "cf")
+    assert expected in refused("llm", "train", "--data", other, *LLM_SMALL, "--out", tmp_path / "tca", "--align",
+                               "tca", "--cf", tmp_path / "cf")
+    invoke("llm", "train", "--data", data, *LLM_SMALL, "--out", tmp_path / "llm")
+    assert expected in refused("llm", "eval", "--data", other, "--model", tmp_path / "llm")
+
+
+# ----- 12: damaged checkpoints and folders of another kind --------------------------------------------------------
+
+def test_damaged_cf_files_and_an_llm_folder_get_messages_naming_the_file(tmp_path, data):
+    out = tmp_path / "cf"
+    command = ["cf", "train", "--data", data, "--model", "sasrec", *CF_SMALL, "--out", out, "--resume"]
+    invoke(*command)
+    state = out / "checkpoint" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # truncated by a full disk
+    assert f"cannot resume from {state}: the file is unreadable" in refused(*command)
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-50])
+    assert f"{weights} is damaged or truncated" in refused("cf", "eval", "--data", data, "--model-dir", out)
+    (out / "config.json").write_text("{not json")
+    assert f"{out / 'config.json'} is damaged (not JSON" in refused("cf", "eval", "--data", data, "--model-dir", out)
+    invoke("llm", "train", "--data", data, *LLM_SMALL, "--out", tmp_path / "llm")
+    assert "is not a CF model's config (no model_type) (an LLM recommender's: use `recalign llm eval`)" in refused(
+        "cf", "eval", "--data", data, "--model-dir", tmp_path / "llm")
+
+
+def test_a_damaged_llm_checkpoint_is_named(tmp_path, data):
+    command = ["llm", "train", "--data", data, *LLM_SMALL, "--out", tmp_path / "llm", "--resume"]
+    invoke(*command)
+    checkpoint = tmp_path / "llm" / "train" / "checkpoint"
+    for path in checkpoint.iterdir():
+        if path.suffix in (".bin", ".pkl", ".safetensors"):
+            path.write_bytes(path.read_bytes()[:64])
+    message = refused(*command)
+    assert f"cannot resume from {checkpoint}: a checkpoint file is damaged or truncated" in message
+    (checkpoint / "progress.json").write_text("{")
+    assert f"cannot resume from {checkpoint / 'progress.json'}: the file is damaged" in refused(*command)

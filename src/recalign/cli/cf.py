@@ -46,7 +46,10 @@ def train_cf(data: Path, model: str, out: Path, preset: str | None = None, resum
         fail(str(exc))
     if dataset.table("train").num_rows == 0:
         fail(f"{data} has no training examples")
-    state = train(cf_model, dataset, config, out, resume=resume, progress=progress)
+    try:
+        state = train(cf_model, dataset, config, out, resume=resume, progress=progress)
+    except (ValueError, FileNotFoundError) as exc:  # e.g. --resume from another run's checkpoint
+        fail(str(exc))
     best = from_pretrained(out, dataset)
     console.print(f"{model}: best epoch {state.best_epoch} of {state.epoch}; model saved in {out}")
     return dataset, best
@@ -100,13 +103,13 @@ def cf_eval(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a trained CF model: HR, NDCG and MRR at each K (JSON keys like NDCG@10)."""
-    from ..cf import CatalogueMismatch, from_pretrained
+    from ..cf import from_pretrained
 
     ks = parse_ks(k)
     dataset = load_dataset_or_fail(data)
     try:
         model = from_pretrained(model_dir, dataset)
-    except (FileNotFoundError, CatalogueMismatch) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: another catalogue, another kind of folder, damage
         fail(str(exc))
     declared = make_protocol(protocol, exclude_history, negatives, seed)
     results = evaluate_scorers(dataset, {model.model_type: model}, split, ks, declared)

@@ -89,19 +89,32 @@ class CatalogueMismatch(ValueError):
     """A trained model was asked to work on a catalogue other than the one it was trained on."""
 
 
-def catalogue_fingerprint(raw_ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(raw_ids).encode()).hexdigest()[:16]
+def catalogue_fingerprint(raw_ids: list[str], titles: list[str | None] | None = None) -> str:
+    """Of the raw ids, and with ``titles`` of each item's (raw id, title): the titles are what LLMs generate."""
+    lines = raw_ids if titles is None else [f"{raw}\t{title}" for raw, title in zip(raw_ids, titles)]
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def check_same_catalogue(trained_raw_ids: list[str], dataset: Dataset, what: str = "model") -> None:
-    """Refuses a dataset whose item ids would mean other items than those ``what`` was trained with."""
+def check_same_catalogue(trained_raw_ids: list[str], dataset: Dataset, what: str = "model",
+                         trained_titles: list[str | None] | None = None) -> None:
+    """Refuses a dataset whose item ids would mean other items than those ``what`` was trained with: other raw
+    ids, or (when ``trained_titles`` are known) the same raw ids with other titles."""
     raw_ids = dataset.raw_ids
+    advice = f"Train a {what} on this dataset, or prepare the dataset from the same source."
     if raw_ids != trained_raw_ids:
         raise CatalogueMismatch(
             f"this {what} was trained on a catalogue of {len(trained_raw_ids)} items (fingerprint "
             f"{catalogue_fingerprint(trained_raw_ids)}), but the dataset has {len(raw_ids)} items (fingerprint "
-            f"{catalogue_fingerprint(raw_ids)}); item ids would not mean the same items. Train a {what} on this "
-            "dataset, or prepare the dataset from the same source.")
+            f"{catalogue_fingerprint(raw_ids)}); item ids would not mean the same items. {advice}")
+    titles = dataset.titles
+    if trained_titles is not None and titles != trained_titles:
+        differ = [i for i, (a, b) in enumerate(zip(trained_titles, titles)) if a != b]
+        first = differ[0]
+        raise CatalogueMismatch(
+            f"this {what} was trained on items with the same {len(raw_ids)} raw ids but other titles: {len(differ):,} "
+            f"differ, the first item {raw_ids[first]!r} titled {trained_titles[first]!r} then, {titles[first]!r} "
+            f"now (fingerprints {catalogue_fingerprint(raw_ids, trained_titles)} and "
+            f"{catalogue_fingerprint(raw_ids, titles)}); the items would not be the same. {advice}")
 
 
 @dataclass
