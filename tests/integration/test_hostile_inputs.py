@@ -204,3 +204,190 @@ def test_a_damaged_llm_checkpoint_is_named(tmp_path, data):
     assert f"cannot resume from {checkpoint}: a checkpoint file is damaged or truncated" in message
     (checkpoint / "progress.json").write_text("{")
     assert f"cannot resume from {checkpoint / 'progress.json'}: the file is damaged" in refused(*command)
+
+
+# ----- 4, 5, 6: data that would be corrupted, tracebacks, stale and oversized data --------------------------------
+
+def prepared(format_name, folder, **options):
+    from recalign.data.formats import PrepareOptions, prepare
+    from recalign.data.sequences import SplitProtocol
+
+    loose = SplitProtocol("loo", min_user_interactions=1, min_item_interactions=1)
+    return prepare(format_name, folder, PrepareOptions(protocol=loose, **options))
+
+
+def data_error(format_name, folder, **options) -> str:
+    from recalign.data import DataError
+
+    with pytest.raises(DataError) as caught:
+        prepared(format_name, folder, **options)
+    return str(caught.value)
+
+
+def csv_source(folder, times: list, items=("a", "b", "c")):
+    from tests.conftest import write_csv_source
+
+    log = [(f"u{u}", item, time) for u in range(2) for item, time in zip(items, times)]
+    return write_csv_source(folder, [(i, f"Item {i}", "B") for i in items], log)
+
+
+@pytest.mark.parametrize("bad", ["inf", "1e30", str(2 ** 70), "-1e300"])
+def test_csv_timestamps_beyond_int64_are_errors_naming_the_row(tmp_path, bad):
+    message = data_error("csv", csv_source(tmp_path, [1, bad, 3]))
+    assert "interactions.csv, row 2, field 'timestamp'" in message and "past the year 5000" in message
+
+
+def test_millisecond_timestamps_are_read_as_milliseconds_and_counted_mixed_units_refused(tmp_path):
+    dataset, repairs = prepared("csv", csv_source(tmp_path / "ms", [1600000000000, 1600000001000, 1600000002500]))
+    assert dataset.interactions.column("timestamp").to_pylist()[:3] == [1600000000, 1600000001, 1600000002]
+    assert repairs.count("millisecond_timestamps") == 6 and repairs.count("fractional_timestamp") == 2
+    message = data_error("csv", csv_source(tmp_path / "mixed", [1600000000, 1600000001000, 1600000002]))
+    assert "row 2, field 'timestamp'" in message and "mixing seconds and milliseconds" in message
+
+
+@pytest.mark.parametrize("date", ["13/09/2020", "09/13/2020", "01/02/2020", "Sept 13 2020"])
+def test_dates_whose_day_month_order_is_a_guess_are_refused(tmp_path, date):
+    message = data_error("csv", csv_source(tmp_path, ["2020-09-12", date, "2020-09-14T10:00:00"]))
+    assert "row 2, field 'timestamp'" in message and "ISO 8601" in message
+
+
+def ml1m_source(folder, users=("1", "1", "2"), times=("10", "20", "30")):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "movies.dat").write_text("1::Toy Story (1995)::Animation\n2::Heat (1995)::Action\n")
+    (folder / "ratings.dat").write_text("".join(f"{u}::{1 + i % 2}::5::{t}\n" for i, (u, t) in
+                                                enumerate(zip(users, times))))
+    return folder
+
+
+def test_movielens_user_ids_past_int64_stay_distinct_users(tmp_path):
+    big = 2 ** 64
+    dataset, _ = prepared("movielens", ml1m_source(tmp_path, users=(str(big), str(big), str(big + 1), str(big + 1))
+                                                   , times=("10", "20", "10", "20")))
+    assert dataset.counts()["users"] == 2
+    assert "ratings.dat, row 2, field 'user_id'" in data_error("movielens", ml1m_source(
+        tmp_path / "x", users=("1", "one", "2")))
+    assert "ratings.dat, row 2, field 'timestamp'" in data_error("movielens", ml1m_source(
+        tmp_path / "y", times=("10", "1e30", "30")))
+
+
+def amazon18_source(folder, histories=("[1]", "[1, 2]"), targets=("2", "3"), times=("10", "20"), iids=("1", "2", "3")):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "item.csv").write_text("rawid,title,iid\n" + "".join(f"A{i},Item {i},{i}\n" for i in iids))
+    rows = "".join(f'u{n},{t},"{h}",{s}\n' for n, (h, t, s) in enumerate(zip(histories, targets, times)))
+    for split in ("train", "valid", "test"):
+        (folder / f"{split}.csv").write_text("uid,iid,hist_id,timestamp\n" + rows)
+    return folder
+
+
+def test_amazon18_float_and_huge_numbers_are_errors_not_truncations(tmp_path):
+    message = data_error("amazon18", amazon18_source(tmp_path / "a", histories=("[1]", "[1.9, 2]")))
+    assert "train.csv, row 2, field 'hist_id': expected an integer, got '1.9'" in message
+    message = data_error("amazon18", amazon18_source(tmp_path / "b", times=("10", "1e999")))
+    assert "train.csv, row 2, field 'timestamp': expected an integer, got '1e999'" in message  # was OverflowError
+    message = data_error("amazon18", amazon18_source(tmp_path / "c", times=("10", str(2 ** 70))))
+    assert "train.csv, row 2, field 'timestamp'" in message and "past the year 5000" in message
+    message = data_error("amazon18", amazon18_source(tmp_path / "d", histories=("[1]", "[" * 100_000 + "]" * 100_000)))
+    assert "train.csv, row 2, field 'hist_id'" in message  # was RecursionError
+    message = data_error("amazon18", amazon18_source(tmp_path / "e", iids=("1", "two", "3")))
+    assert "item.csv, row 2, field 'iid': expected an integer, got 'two'" in message  # was invalid literal for int()
+    dataset, _ = prepared("amazon18", amazon18_source(tmp_path / "f", histories=("[1]", "[1.0, 2]")))
+    assert dataset.split("train").history.map(list).tolist() == [[0], [0, 1]]  # 1.0 is exactly 1
+
+
+def minionerec_source(folder, items: str | None = None, index: str | None = None):
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "X.item.json").write_text(items or json.dumps({str(i): {"title": f"Item {i}"} for i in range(3)}))
+    (folder / "X.index.json").write_text(index or json.dumps({str(i): [f"<a_{i}>", "<b_0>"] for i in range(3)}))
+    for split in ("valid", "test"):
+        (folder / f"{split}.csv").write_text('user_id,history_item_id,item_id\nu0,"[0, 1]",2\nu1,"[2]",0\n')
+    return folder
+
+
+def test_minionerec_titles_and_sids_of_the_wrong_type(tmp_path):
+    import json
+
+    titled = {"0": {"title": None}, "1": {"title": 12345}, "2": {"title": "Item 2"}}
+    message = data_error("minionerec", minionerec_source(tmp_path / "a", items=json.dumps(titled)))
+    assert "X.item.json, field '1.title': title must be text, found int '12345'" in message
+    titled["1"]["title"] = "Item 1"
+    dataset, repairs = prepared("minionerec", minionerec_source(tmp_path / "b", items=json.dumps(titled)))
+    assert dataset.titles[0] == "item 0" and repairs.count("empty_title") == 1  # null: a counted repair
+    sids = {"0": "<a_0><b_0>", "1": ["<a_1>"], "2": ["<a_2>"]}
+    message = data_error("minionerec", minionerec_source(tmp_path / "c", index=json.dumps(sids)))
+    assert "X.index.json, field '0': a semantic ID must be a non-empty list of token strings" in message
+    message = data_error("minionerec", minionerec_source(tmp_path / "d", items=json.dumps([{"title": "x"}])))
+    assert "X.item.json: expected a JSON object keyed by item id, found a list" in message  # was AttributeError
+    message = data_error("minionerec", minionerec_source(tmp_path / "e", items=json.dumps({"x1": {"title": "x"}})))
+    assert "X.item.json, field 'x1': item keys must be integers" in message
+
+
+def amazon_raw_source(folder, gzip_reviews: bytes | None = None, bom: bool = False):
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    reviews = "".join(json.dumps({"reviewerID": f"u{u}", "asin": f"A{i}", "unixReviewTime": 10 * i}) + "\n"
+                      for u in range(2) for i in range(3))
+    (folder / "meta_X.json").write_text("".join(json.dumps({"asin": f"A{i}", "title": f"Item {i}"}) + "\n"
+                                                for i in range(3)))
+    if gzip_reviews is not None:
+        (folder / "X_5.json.gz").write_bytes(gzip_reviews)
+    else:
+        (folder / "X_5.json").write_text(("\ufeff" if bom else "") + reviews)
+    return folder
+
+
+def test_amazon_raw_keeps_the_first_review_after_a_bom_and_names_bad_gzip(tmp_path):
+    import gzip
+
+    dataset, repairs = prepared("amazon-raw", amazon_raw_source(tmp_path / "bom", bom=True))
+    assert dataset.counts()["interactions"] == 6 and not repairs.count("malformed_line")
+    message = data_error("amazon-raw", amazon_raw_source(tmp_path / "plain", gzip_reviews=b'{"asin": "A1"}\n'))
+    assert "X_5.json.gz: not a readable gzip file" in message  # was BadGzipFile
+    whole = gzip.compress(b"".join(b'{"reviewerID": "u%d", "asin": "A1", "unixReviewTime": 1}\n' % u
+                                   for u in range(5000)))
+    message = data_error("amazon-raw", amazon_raw_source(tmp_path / "cut", gzip_reviews=whole[:len(whole) // 2]))
+    assert "X_5.json.gz: not a readable gzip file" in message and "truncated" in message  # was "Aborted."
+
+
+def test_a_folder_named_like_a_file_and_an_out_that_is_a_file(tmp_path):
+    folder = csv_source(tmp_path / "src", [1, 2, 3])
+    (folder / "interactions.csv").unlink()
+    (folder / "interactions.csv").mkdir()
+    assert "interactions.csv: is a folder; a file was expected here" in data_error("csv", folder)
+    good = csv_source(tmp_path / "good", [1, 2, 3])
+    (tmp_path / "file").write_text("x")
+    message = refused("data", "prepare", "-f", "csv", "--source", good, "--out", tmp_path / "file", "--min-item", "1",
+                      "--min-user", "1")
+    assert f"--out {tmp_path / 'file'} is a file" in message
+
+
+def test_a_title_too_long_to_be_an_identifier_is_refused_at_prepare(tmp_path):
+    from tests.conftest import write_csv_source
+
+    folder = write_csv_source(tmp_path, [("a", "x" * 1_000_000, "B"), ("b", "Item b", "B")],
+                              [("u", "a", 1), ("u", "b", 2)])
+    message = data_error("csv", folder)
+    assert "items.csv, row 1, field 'title': a title of 1,000,000 characters" in message and "at most 2,000" in message
+
+
+def test_re_preparing_into_a_used_out_leaves_nothing_stale_and_changed_tables_are_caught(tmp_path):
+    import pyarrow.parquet as pq
+
+    from recalign.data import load_dataset
+
+    out = tmp_path / "out"
+    first, _ = prepared("csv", csv_source(tmp_path / "csv", [1, 2, 3]))
+    first.save(out)
+    second, _ = prepared("amazon18", amazon18_source(tmp_path / "a18"))  # ships examples only: no interactions
+    second.save(out)
+    loaded = load_dataset(out)
+    assert loaded.interactions is None and loaded.content_hash() == second.content_hash()
+    options = ["--min-item", "1", "--min-user", "1"]
+    message = refused("data", "prepare", "-f", "csv", "--source", tmp_path / "csv", "--out", out, *options)
+    assert "already holds the work of an earlier run (manifest.json): --overwrite replaces it" in message
+    invoke("data", "prepare", "-f", "csv", "--source", tmp_path / "csv", "--out", out, *options, "--overwrite")
+    pq.write_table(second.examples["test"], out / "examples" / "test.parquet")  # a table swapped in by hand
+    with pytest.raises(ValueError, match="do not match the content hash in"):
+        load_dataset(out)

@@ -177,14 +177,24 @@ class Dataset:
         return digest.hexdigest()
 
     def save(self, out: str | Path) -> Path:
+        """Writes the dataset; the files of a dataset saved there before that this one lacks (a split, the
+        interactions) are removed, so that loading ``out`` gives this dataset and nothing of the old one."""
         out = Path(out)
+        for folder in (out, out / "examples"):
+            if folder.is_file():
+                raise ValueError(f"{folder} is a file; a dataset is written to a folder")
         (out / "examples").mkdir(parents=True, exist_ok=True)
         self.check()
         pq.write_table(self.items, out / "items.parquet")
         for name, table in self.examples.items():
             pq.write_table(table, out / "examples" / f"{name}.parquet")
+        for stale in (out / "examples").glob("*.parquet"):
+            if stale.stem not in self.examples:
+                stale.unlink()
         if self.interactions is not None:
             pq.write_table(self.interactions, out / "interactions.parquet")
+        else:
+            (out / "interactions.parquet").unlink(missing_ok=True)
         self.manifest = {**self.manifest, "format_version": FORMAT_VERSION, "counts": self.counts(),
                          "content_hash": self.content_hash()}
         (out / "manifest.json").write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n")
@@ -218,6 +228,9 @@ class Dataset:
         interactions = pq.read_table(interactions_path) if interactions_path.exists() else None
         dataset = cls(pq.read_table(path / "items.parquet"), examples, manifest, interactions)
         dataset.check()
+        if "content_hash" in manifest and dataset.content_hash() != manifest["content_hash"]:
+            raise ValueError(f"{path}: the tables do not match the content hash in {manifest_path} (a file was "
+                             "changed, added or replaced after `recalign data prepare`); prepare the dataset again")
         return dataset
 
 
