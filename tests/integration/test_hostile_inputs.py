@@ -391,3 +391,18 @@ def test_re_preparing_into_a_used_out_leaves_nothing_stale_and_changed_tables_ar
     pq.write_table(second.examples["test"], out / "examples" / "test.parquet")  # a table swapped in by hand
     with pytest.raises(ValueError, match="do not match the content hash in"):
         load_dataset(out)
+
+
+# ----- 10: one `recalign run` per run folder -----------------------------------------------------------------------
+
+def test_a_second_run_into_a_busy_run_folder_is_refused_naming_the_holder(tmp_path):
+    import os
+
+    from recalign.pipeline.run import run_dir_lock
+
+    with run_dir_lock(tmp_path / "run"):
+        message = refused("run", "demo", "--run-dir", tmp_path / "run")
+    assert f"is in use by another `recalign run` (process {os.getpid()} on" in message
+    assert not any(p.name.startswith("data-") for p in (tmp_path / "run").iterdir())  # no stage was started
+    with run_dir_lock(tmp_path / "run"):  # released: the next run takes it
+        pass
