@@ -406,3 +406,17 @@ def test_a_second_run_into_a_busy_run_folder_is_refused_naming_the_holder(tmp_pa
     assert not any(p.name.startswith("data-") for p in (tmp_path / "run").iterdir())  # no stage was started
     with run_dir_lock(tmp_path / "run"):  # released: the next run takes it
         pass
+
+
+def test_llm_resume_with_another_adapter_size_and_a_damaged_stage1_checkpoint(tmp_path, data, monkeypatch):
+    command = ["llm", "train", "--data", data, *LLM_SMALL, "--out", tmp_path / "llm", "--resume"]
+    invoke(*command, "--finetune", "lora", "--lora-r", "4")
+    message = refused(*command, "--finetune", "lora", "--lora-r", "8")
+    assert "does not hold this model's trainable weights" in message and str(tmp_path / "llm") in message
+    monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
+    invoke("cf", "train", "--data", data, "--model", "sasrec", *CF_SMALL, "--out", tmp_path / "cf")
+    stage1 = ["allmrec", "stage1", "--data", data, "--cf", tmp_path / "cf", "--epochs", "1", "--out", tmp_path / "s1"]
+    invoke(*stage1)
+    (tmp_path / "s1" / "stage1_checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+    assert f"cannot resume from {tmp_path / 's1' / 'stage1_checkpoint.pt'}: the file is unreadable" in refused(
+        *stage1)

@@ -467,7 +467,11 @@ def _load_trainable(module: nn.Module, models: list, input_dir: str) -> None:
     with safe_open(Path(input_dir) / "model.safetensors", "pt", device="cpu") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
-    _, unexpected = module.load_state_dict(tensors, strict=False)
+    try:
+        _, unexpected = module.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: another LoRA rank, another model size
+        raise ValueError(f"{input_dir} does not hold this model's trainable weights (another size: "
+                         f"{str(exc).splitlines()[-1].strip()})") from None
     if unexpected or trainable - tensors.keys():
         raise ValueError(f"{input_dir} does not hold this model's trainable weights: a different model or adapter?")
     models.clear()  # loaded: accelerate must not load them again
