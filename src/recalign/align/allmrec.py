@@ -175,7 +175,11 @@ def train_stage1(cf_model: CFModel, dataset, text_embeddings: np.ndarray, config
                  "text": float(text_table.double().sum()), "n_items": dataset.n_items}
     start, log = 0, []
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        try:
+            state = torch.load(state_path, weights_only=False)
+        except Exception as exc:  # truncated or overwritten: torch.load raises many kinds (EOFError, RuntimeError)
+            raise ValueError(f"cannot resume from {state_path}: the file is unreadable ({exc}); delete it to "
+                             "start afresh") from exc
         if state.get("signature") != signature:
             raise ValueError(f"{state_path} was trained with other settings, CF model or texts; use another "
                              "output folder (or delete the checkpoint)")

@@ -10,6 +10,7 @@ import typer
 
 from .common import (
     EmbedderOption,
+    OverwriteOption,
     PrecisionOption,
     ThreadsOption,
     console,
@@ -17,6 +18,7 @@ from .common import (
     load_cf_or_fail,
     load_dataset_or_fail,
     quiet_transformers,
+    refuse_to_overwrite,
     set_threads,
 )
 
@@ -94,10 +96,12 @@ def stage2(
     max_train_rows: Annotated[int | None, typer.Option(help="The first N training rows only.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the projectors, candidates and order.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
 ) -> None:
     """Stage 2: the frozen LLM reads F_U(user) and F_I(items) at soft tokens; only the projectors train."""
     set_threads(threads)
+    refuse_to_overwrite(out, ("config.json", "train"), overwrite, resume)
     quiet_transformers()
     import numpy as np
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from .common import (
+    OverwriteOption,
     ThreadsOption,
     console,
     evaluate_scorers,
@@ -17,12 +18,16 @@ from .common import (
     make_protocol,
     metrics_table,
     parse_ks,
+    refuse_to_overwrite,
     set_threads,
 )
 from .evaluate import ExcludeOption, JsonOption, KOption, NegativesOption, ProtocolOption, SplitOption, TrainedOnOption
 
 cf_app = typer.Typer(help="Train and evaluate CF backbones (SASRec, GRU4Rec, BERT4Rec, NextItNet, MF, NCF).",
                      no_args_is_help=True)
+
+
+CF_OUTPUTS = ("model.safetensors", "checkpoint")  # what a run of `cf train` leaves in --out
 
 
 def train_cf(data: Path, model: str, out: Path, preset: str | None = None, resume: bool = False,
@@ -34,14 +39,17 @@ def train_cf(data: Path, model: str, out: Path, preset: str | None = None, resum
 
     dataset = load_dataset_or_fail(data)
     try:
-        cf_model = build_model(model, dataset.n_items, preset, **(overrides or {}))
         config = TrainConfig(**(train_options or {}))
+        torch.manual_seed(config.seed)  # before the model is built: its initial weights come from the seed
+        cf_model = build_model(model, dataset.n_items, preset, **(overrides or {}))
     except (ValueError, TypeError) as exc:
         fail(str(exc))
     if dataset.table("train").num_rows == 0:
         fail(f"{data} has no training examples")
-    torch.manual_seed(config.seed)
-    state = train(cf_model, dataset, config, out, resume=resume, progress=progress)
+    try:
+        state = train(cf_model, dataset, config, out, resume=resume, progress=progress)
+    except (ValueError, FileNotFoundError) as exc:  # e.g. --resume from another run's checkpoint
+        fail(str(exc))
     best = from_pretrained(out, dataset)
     console.print(f"{model}: best epoch {state.best_epoch} of {state.epoch}; model saved in {out}")
     return dataset, best
@@ -66,10 +74,12 @@ def cf_train(
     patience: Annotated[int, typer.Option(help="Epochs without a better valid NDCG@10 before stopping.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, sampling and dropout.")] = 42,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
 ) -> None:
     """Train a CF model with early stopping on validation NDCG@10, checkpointing every epoch."""
     set_threads(threads)
+    refuse_to_overwrite(out, CF_OUTPUTS, overwrite, resume)
     overrides = dict(hidden=hidden, max_len=max_len, dropout=dropout, loss=loss, positions=positions)
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                          seed=seed)
@@ -93,13 +103,13 @@ def cf_eval(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a trained CF model: HR, NDCG and MRR at each K (JSON keys like NDCG@10)."""
-    from ..cf import CatalogueMismatch, from_pretrained
+    from ..cf import from_pretrained
 
     ks = parse_ks(k)
     dataset = load_dataset_or_fail(data)
     try:
         model = from_pretrained(model_dir, dataset)
-    except (FileNotFoundError, CatalogueMismatch) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: another catalogue, another kind of folder, damage
         fail(str(exc))
     declared = make_protocol(protocol, exclude_history, negatives, seed)
     results = evaluate_scorers(dataset, {model.model_type: model}, split, ks, declared)

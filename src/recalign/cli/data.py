@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import console, fail, load_dataset_or_fail
+from .common import OverwriteOption, console, fail, load_dataset_or_fail, refuse_to_overwrite
 
 data_app = typer.Typer(help="Prepare, inspect, download and synthesise datasets.", no_args_is_help=True)
 
@@ -48,8 +48,10 @@ def data_prepare(
     description_col: Annotated[str, typer.Option(help="csv: optional description column.")] = "description",
     brand_col: Annotated[str, typer.Option(help="csv: optional brand column.")] = "brand",
     category_col: Annotated[str, typer.Option(help="csv: optional category column.")] = "category",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Read a source dataset, repair or refuse bad input, and write the canonical dataset to --out."""
+    refuse_to_overwrite(out, ("manifest.json",), overwrite)
     from ..data.formats import CsvColumns, PrepareOptions
     from ..data.sequences import SplitProtocol
 

@@ -10,6 +10,7 @@ import typer
 
 from .common import (
     DecodePrecisionOption,
+    OverwriteOption,
     PrecisionOption,
     ThreadsOption,
     console,
@@ -20,6 +21,7 @@ from .common import (
     parse_ks,
     quiet_transformers,
     refuse_candidate_model,
+    refuse_to_overwrite,
     set_threads,
 )
 from .evaluate import JsonOption, KOption, SplitOption, TrainedOnOption
@@ -139,10 +141,12 @@ def llm_train(
     eval_split: Annotated[str | None, typer.Option(help="Evaluate on this split after training.")] = "test",
     eval_rows: RowsOption = 200,
     beams: BeamsOption = 10,
+    overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
 ) -> None:
     """Fine-tune a causal LM to generate the next item's title (SFT, LoRA or full) and save the recommender."""
     set_threads(threads)
+    refuse_to_overwrite(out, ("config.json", "train"), overwrite, resume)  # the recommender, its checkpoints
     quiet_transformers()
     from ..decode.selection import Selection, train_with_selection
     from ..llm.backbones import LoraSettings

@@ -288,7 +288,8 @@ class LLMRecommender:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"recommender": asdict(self.config), "template": asdict(self.template), "n_items": len(self.raw_ids),
-                  "catalogue_fingerprint": catalogue_fingerprint(self.raw_ids), "added_tokens": list(self.added_rows)}
+                  "catalogue_fingerprint": catalogue_fingerprint(self.raw_ids, self.titles),
+                  "added_tokens": list(self.added_rows)}
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         items = [{"raw_id": raw, "title": title} for raw, title in zip(self.raw_ids, self.titles)]
         for item, sid in zip(items, self.sids or []):
@@ -331,7 +332,7 @@ class LLMRecommender:
         raw_ids, titles = [row["raw_id"] for row in items], [row["title"] for row in items]
         sids = [row["sid"] for row in items] if config.identifier == "sid" else None
         if dataset is not None:
-            check_same_catalogue(raw_ids, dataset, "LLM recommender")
+            check_same_catalogue(raw_ids, dataset, "LLM recommender", trained_titles=titles)
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
         rows = {}
         if (directory / "model").exists():

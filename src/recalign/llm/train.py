@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import math
 import os
@@ -379,7 +380,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
     state = TrainState()
     checkpoint = _find_checkpoint(out) if resume else None
     if checkpoint is not None:
-        state = _load_checkpoint(accelerator, checkpoint, config)
+        state = _load_checkpoint(accelerator, checkpoint, config, examples_digest(examples))
         if show:
             tqdm.write(f"resuming after step {state.global_step} (epoch {state.epoch + 1})")
     if accelerator.is_main_process:
@@ -452,7 +453,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
                 state.epoch, state.step_in_epoch = epoch + 1, 0
             if (state.global_step >= stop_at or (state.step_in_epoch == 0 and not config.checkpoint_every)
                     or (config.checkpoint_every and state.global_step % config.checkpoint_every == 0)):
-                _save_checkpoint(accelerator, out, state, config)
+                _save_checkpoint(accelerator, out, state, config, examples_digest(examples))
             if state.global_step >= stop_at:
                 break
             started = time.perf_counter()
@@ -528,7 +529,11 @@ def _load_trainable(module: nn.Module, models: list, input_dir: str) -> None:
     with safe_open(Path(input_dir) / "model.safetensors", "pt", device="cpu") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
-    _, unexpected = module.load_state_dict(tensors, strict=False)
+    try:
+        _, unexpected = module.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: another LoRA rank, another model size
+        raise ValueError(f"{input_dir} does not hold this model's trainable weights (another size: "
+                         f"{str(exc).splitlines()[-1].strip()})") from None
     if unexpected or trainable - tensors.keys():
         raise ValueError(f"{input_dir} does not hold this model's trainable weights: a different model or adapter?")
     models.clear()  # loaded: accelerate must not load them again
@@ -542,7 +547,17 @@ def _find_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, config: SFTConfig) -> None:
+def examples_digest(examples: Sequence[SFTExample]) -> str:
+    """The training rows' count and a digest of their tokens: another --data, --max-train-rows, prompt, backbone or
+    task mix gives other rows, which a checkpoint must not be resumed on."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.prompt_ids, example.target_ids, example.label_mask, example.item]).encode())
+    return f"{len(examples):,} rows, digest {digest.hexdigest()[:12]}"
+
+
+def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, config: SFTConfig,
+                     examples: str | None = None) -> None:
     """Written to a temporary folder and swapped in, so an interruption never leaves half a checkpoint."""
     tmp, old, final = out / (CHECKPOINT + ".tmp"), out / (CHECKPOINT + ".old"), out / CHECKPOINT
     if accelerator.is_main_process:
@@ -551,7 +566,8 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, con
     accelerator.save_state(tmp)  # every process: each writes its RNG state (and its shards, when sharded)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / PROGRESS).write_text(json.dumps({"state": asdict(state), "config": asdict(config)}))
+        (tmp / PROGRESS).write_text(json.dumps({"state": asdict(state), "config": asdict(config),
+                                                "examples": examples}))
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)  # left by an interruption during the removal below
             os.replace(final, old)
@@ -560,16 +576,29 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, con
     accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(accelerator: Accelerator, directory: Path, config: SFTConfig) -> TrainState:
-    saved = json.loads((directory / PROGRESS).read_text())
-    changed = [k for k in RESUME_KEYS if saved["config"][k] != getattr(config, k)]
+def _load_checkpoint(accelerator: Accelerator, directory: Path, config: SFTConfig,
+                     examples: str | None = None) -> TrainState:
+    try:
+        saved = json.loads((directory / PROGRESS).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot resume from {directory / PROGRESS}: the file is damaged ({exc})") from exc
+    changed = [f"{k} {saved['config'][k]!r} (now {getattr(config, k)!r})" for k in RESUME_KEYS
+               if saved["config"][k] != getattr(config, k)]
+    if saved.get("examples", examples) != examples:  # checkpoints of earlier versions recorded no examples
+        changed.append(f"training examples {saved['examples']} (now {examples})")
     if changed:
-        raise ValueError(f"cannot resume {directory}: {', '.join(changed)} differ from the interrupted run")
+        raise ValueError(f"cannot resume {directory}: {'; '.join(changed)} differ from the interrupted run")
     written_sharded = any(directory.glob("pytorch_model_fsdp*"))  # accelerate's names for FSDP model states
     if written_sharded != (accelerator.distributed_type == DistributedType.FSDP):
         raise ValueError(f"cannot resume {directory}: it was written {'under' if written_sharded else 'without'} "
                          "FSDP, and FSDP's sharded checkpoints and the others do not load into each other")
-    accelerator.load_state(directory)
+    try:
+        accelerator.load_state(directory)
+    except ValueError:
+        raise
+    except Exception as exc:  # torch.load and safetensors raise many kinds (EOFError, RuntimeError, their own)
+        raise ValueError(f"cannot resume from {directory}: a checkpoint file is damaged or truncated "
+                         f"({type(exc).__name__}: {exc})") from exc
     return TrainState(**saved["state"])
 
 

@@ -11,10 +11,14 @@ the recipe was loaded with. A stage may add what it chose on the machine at hand
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -28,6 +32,7 @@ from .recipe import Recipe
 
 STAGE_FILE = "stage.json"
 RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"
 
 
 @dataclass
@@ -95,12 +100,40 @@ def stage_keys(recipe: Recipe) -> dict[str, str]:
     return keys
 
 
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """One run at a time per run folder: two would both train every stage and interleave their logs. The lock is
+    the operating system's (released when the process ends, even killed); the file names its holder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not yet written its name"
+            raise ValueError(f"{run_dir} is in use by another `recalign run` ({holder}); wait for it to finish, "
+                             "or give another --run-dir") from None
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}, since "
+                     f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+
+
 def run_recipe(recipe: Recipe, run_dir: str | Path, log: Callable[[str], None] = print,
                progress: bool = True, overrides: Sequence[str] = ()) -> list[StageOutcome]:
     """Runs every unfinished stage; ``overrides`` (the ``--set`` strings ``recipe`` was loaded with) are recorded in
     run.json for the report."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(run_dir):
+        return _run_stages(recipe, run_dir, log, progress, overrides)
+
+
+def _run_stages(recipe: Recipe, run_dir: Path, log: Callable[[str], None], progress: bool,
+                overrides: Sequence[str]) -> list[StageOutcome]:
     keys = stage_keys(recipe)
     folders = {stage: run_dir / f"{stage}-{key}" for stage, key in keys.items()}
     (run_dir / RUN_FILE).write_text(json.dumps(
