@@ -347,7 +347,7 @@ def evaluate_candidates(dataset, split: str = "test", protocol: str = "sampled",
     (ties pessimistic)."""
     from tqdm.auto import tqdm
 
-    from ..eval.metrics import half_width_95
+    from ..eval.metrics import half_width_95, ranks_from_scores
 
     sets = candidate_sets(dataset, split, protocol, n_candidates, seed, rows, cf_model)
     frame = dataset.split(split).iloc[:rows]
@@ -364,7 +364,7 @@ def evaluate_candidates(dataset, split: str = "test", protocol: str = "sampled",
                                                 record["soft_tokens"])
         elif target in candidates:  # pessimistic: a candidate scoring as high as the target ranks first
             scores = cf_model.score([np.asarray(history, dtype=np.int64)])[0][candidates]
-            hits[row] = int((scores >= scores[candidates.index(target)]).sum()) == 1
+            hits[row] = ranks_from_scores(scores[None], np.array([candidates.index(target)]))[0] == 0
     result = {"protocol": protocol, "split": split, "n_candidates": n_candidates, "seed": seed, "groups": {}}
     for name, mask in item_groups(dataset, split, rows).items():
         values = hits[mask].astype(float)

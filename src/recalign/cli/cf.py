@@ -30,7 +30,7 @@ def train_cf(data: Path, model: str, out: Path, preset: str | None = None, resum
     """Builds, trains and saves a model; returns the best model, loaded back from ``out``."""
     import torch
 
-    from ..cf import TrainConfig, build_model, from_pretrained, train
+    from ..cf import TrainConfig, TrainingDiverged, build_model, from_pretrained, train
 
     dataset = load_dataset_or_fail(data)
     try:
@@ -41,7 +41,10 @@ def train_cf(data: Path, model: str, out: Path, preset: str | None = None, resum
     if dataset.table("train").num_rows == 0:
         fail(f"{data} has no training examples")
     torch.manual_seed(config.seed)
-    state = train(cf_model, dataset, config, out, resume=resume, progress=progress)
+    try:
+        state = train(cf_model, dataset, config, out, resume=resume, progress=progress)
+    except TrainingDiverged as exc:
+        fail(str(exc))
     best = from_pretrained(out, dataset)
     console.print(f"{model}: best epoch {state.best_epoch} of {state.epoch}; model saved in {out}")
     return dataset, best

@@ -53,6 +53,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..cf.trainer import TrainingDiverged
 from .backbones import unwrap_causal_lm
 from .hooks import EmbeddingHook, hooked_embeddings
 
@@ -368,6 +369,9 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
                 continue
 
             loss = accelerator.reduce(label_loss, "sum").item() / max(1, step_labels[step])
+            if not math.isfinite(loss):  # every process sees the same reduced loss, so all stop together
+                raise TrainingDiverged(f"optimiser step {state.global_step + 1} (epoch {epoch + 1}): the loss is "
+                                       f"{loss}; the last checkpoint in {out} is from before it (lower --lr?)")
             label_loss.zero_()
             seconds = time.perf_counter() - started
             state.global_step += 1
