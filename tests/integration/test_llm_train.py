@@ -256,6 +256,15 @@ def test_a_non_finite_loss_stops_training_before_its_step_is_checkpointed(tmp_pa
     assert json.loads((tmp_path / "checkpoint" / PROGRESS).read_text())["state"]["global_step"] == 1
 
 
+def test_a_constant_schedule_keeps_the_rate_and_bad_optimiser_names_are_refused(tmp_path):
+    result = sft_train(tiny_llama(), random_examples(8), config(epochs=2, warmup_steps=3, schedule="constant",
+                                                                optimizer="adam", max_grad_norm=0.0),
+                       tmp_path, progress=False)
+    assert [row["lr"] for row in result.log] == [1e-2] * 4
+    with pytest.raises(ValueError, match="optimizer"):
+        config(optimizer="sgd")
+
+
 # --- two processes ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow

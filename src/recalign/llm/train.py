@@ -124,6 +124,13 @@ class SFTConfig:
     # spans all epochs, so a run stopped here and resumed ends exactly like an uninterrupted one
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward: far less memory, ~1/3
     # more compute
+    optimizer: str = "adamw"  # "adamw" (eps 1e-6) or "adam" (betas 0.9/0.98, eps 1e-8: A-LLMRec's stage 2)
+    schedule: str = "linear"  # "linear" (warm-up, then decay to 0) or "constant" (A-LLMRec's stage 2)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "adam") or self.schedule not in ("linear", "constant"):
+            raise ValueError(f"optimizer is 'adamw' or 'adam' and schedule 'linear' or 'constant', not "
+                             f"{self.optimizer!r} and {self.schedule!r}")
 
 
 @dataclass
@@ -304,9 +311,13 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
         _configure_fsdp(accelerator)
         trained.to("cpu")  # the whole model waits in host memory while its shards train
     lm = _shardable_copy(trained) if sharded else trained
-    optimiser = torch.optim.AdamW(param_groups(lm, config.weight_decay), lr=config.lr, eps=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, partial(linear_schedule, warmup=config.warmup_steps, total=total_steps))
+    if config.optimizer == "adam":
+        optimiser = torch.optim.Adam(param_groups(lm, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-8)
+    else:
+        optimiser = torch.optim.AdamW(param_groups(lm, config.weight_decay), lr=config.lr, eps=1e-6)
+    schedule = (partial(linear_schedule, warmup=config.warmup_steps, total=total_steps)
+                if config.schedule == "linear" else lambda step: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
     lm, optimiser, scheduler = accelerator.prepare(lm, optimiser, scheduler)
     if accelerator.gradient_accumulation_steps != accum:
         raise ValueError(f"the launch configuration (DeepSpeed?) set {accelerator.gradient_accumulation_steps} "
