@@ -85,6 +85,7 @@ def llm_train(
     micro_batch_size: Annotated[int, typer.Option(help="Rows per forward pass per process.")] = 4,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps, then linear decay.")] = 20,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0: no clipping).")] = 1.0,
     max_train_rows: Annotated[int | None, typer.Option(help="Train on the first N training rows only.")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Optimiser steps between checkpoints (0: each epoch).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of LoRA initialisation and data order.")] = 0,
@@ -164,7 +165,8 @@ def llm_train(
         check_tasks(task_list, config.identifier)
         check_feature_template(get_template(prompt), use_feature)
         sft = SFTConfig(epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,
-                        warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every)
+                        warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
+                        max_grad_norm=max_grad_norm)
     except (ValueError, KeyError, TypeError) as exc:
         fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
     try:
