@@ -175,3 +175,29 @@ def test_nan_validation_scores_stop_training_instead_of_being_selected(tmp_path)
     model.score = score_turning_nan
     with pytest.raises(TrainingDiverged, match=r"epoch 2: validation failed: .*NaN.*best finite epoch \(1\)"):
         train(model, dataset, TrainConfig(epochs=5, batch_size=1000, patience=5), tmp_path, progress=False)
+
+
+def test_the_reference_presets_negatives_avoid_the_whole_row(monkeypatch):
+    import recalign.cf.base as base
+
+    drawn = []
+
+    def recording(*args):
+        drawn.append(sample_negatives(*args))
+        return drawn[-1]
+
+    sample_negatives = base.sample_negatives
+    monkeypatch.setattr(base, "sample_negatives", recording)
+    # shifted ids: history 1, 2, 3 and target 4 of a 5-item catalogue: item 5 is the only negative outside the row
+    rows = torch.tensor([[0, 1, 2, 3, 4]] * 50)
+    for preset, expected in (("tca4rec", {5}), ("allmrec", {5})):
+        model = build_model("sasrec", 5, preset=preset, max_len=4)
+        assert model.config.negatives_exclude_history
+        model.loss(rows, torch.Generator().manual_seed(0))
+        assert set(drawn[-1].tolist()) == expected
+    plain = build_model("sasrec", 5, loss="bce", positions="last", max_len=4)
+    plain.loss(rows, torch.Generator().manual_seed(0))
+    assert set(drawn[-1].tolist()) == {1, 2, 3, 5}  # only the target is avoided
+    with pytest.raises(ValueError, match="every catalogue item"):
+        build_model("sasrec", 4, preset="tca4rec", max_len=4).loss(torch.tensor([[0, 1, 2, 3, 4]]),
+                                                                      torch.Generator())

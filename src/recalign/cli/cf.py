@@ -62,6 +62,9 @@ def cf_train(
     dropout: Annotated[float | None, typer.Option(help="Dropout probability.")] = None,
     loss: Annotated[str | None, typer.Option(help="ce, bce, bpr or cloze (the model's default if unset).")] = None,
     positions: Annotated[str | None, typer.Option(help="'all' positions or the 'last' one predict.")] = None,
+    negatives_exclude_history: Annotated[bool | None, typer.Option(
+        help="Sampled negatives avoid the row's history, not only the target (the tca4rec and allmrec presets' "
+             "default, as the reference code).")] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs to train.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 256,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
@@ -73,7 +76,8 @@ def cf_train(
 ) -> None:
     """Train a CF model with early stopping on validation NDCG@10, checkpointing every epoch."""
     set_threads(threads)
-    overrides = dict(hidden=hidden, max_len=max_len, dropout=dropout, loss=loss, positions=positions)
+    overrides = dict(hidden=hidden, max_len=max_len, dropout=dropout, loss=loss, positions=positions,
+                     negatives_exclude_history=negatives_exclude_history)
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                          seed=seed)
     dataset, best = train_cf(data, model, out, preset, resume, overrides, train_options)
