@@ -107,6 +107,9 @@ def llm_train(
                                                    "(TCA4Rec's --use_feature; needs --cf).")] = False,
     feature_frozen: Annotated[bool, typer.Option(help="With --use-feature: never train the feature MLPs (random "
                                                       "init), as TCA4Rec's code does.")] = False,
+    feature_shared_mlp: Annotated[bool, typer.Option(help="With --use-feature: one MLP for the CF user and item "
+                                                          "embeddings, as TCA4Rec's code (default: one each).")] = \
+        False,
     sids: Annotated[Path | None, typer.Option(help="A SID folder (`recalign index build|import`): the items become "
                                                    "semantic IDs (prompt 'minionerec' unless given).")] = None,
     tasks: Annotated[str, typer.Option(help="With --sids: comma-separated SFT tasks of next_item, title_to_sid, "
@@ -161,6 +164,7 @@ def llm_train(
         lora = LoraSettings(lora_r, lora_alpha, lora_dropout, tuple(t for t in lora_targets.split(",") if t))
         config = RecommenderConfig(backbone, precision, finetune, lora, prompt, domain, max_history, seed,
                                    use_feature=use_feature, feature_frozen=feature_frozen,
+                                   feature_shared_mlp=feature_shared_mlp,
                                    identifier="sid" if sids else "title")
         check_tasks(task_list, config.identifier)
         check_feature_template(get_template(prompt), use_feature)

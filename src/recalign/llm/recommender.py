@@ -60,6 +60,7 @@ class RecommenderConfig:
     seed: int = 0
     use_feature: bool = False  # CF embeddings at [UserEmb] / [ItemEmb] placeholders (TCA4Rec's --use_feature)
     feature_frozen: bool = False  # the reference's bug: the feature MLPs are never trained (random init)
+    feature_shared_mlp: bool = False  # one MLP for CF users and items (the reference); default: one each
     identifier: str = "title"  # "title", or "sid": semantic-ID tokens added to the vocabulary (recalign.index.sid)
 
     def __post_init__(self) -> None:
@@ -67,8 +68,8 @@ class RecommenderConfig:
             raise ValueError(f"finetune must be one of {', '.join(FINETUNE)}, not {self.finetune!r}")
         if self.identifier not in IDENTIFIERS:
             raise ValueError(f"identifier must be one of {', '.join(IDENTIFIERS)}, not {self.identifier!r}")
-        if self.feature_frozen and not self.use_feature:
-            raise ValueError("feature_frozen applies to use_feature only")
+        if (self.feature_frozen or self.feature_shared_mlp) and not self.use_feature:
+            raise ValueError("feature_frozen and feature_shared_mlp apply to use_feature only")
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**{**self.lora, "targets": tuple(self.lora["targets"])})
         torch_dtype(self.precision)
