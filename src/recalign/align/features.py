@@ -13,8 +13,8 @@ search) overwrites their input embeddings:
 Each MLP is the reference's Linear(cf dim -> 320) -> ReLU -> Linear(320 -> LLM hidden), in float32; its output
 is cast to the embeddings' dtype. The reference uses *one* MLP for users and items; recalign's default gives each
 its own, and ``shared_mlp=True`` (``--feature-shared-mlp``) is the reference's single one. Every other row stays
-bit-identical. Validation: a row holds at most one
-``[UserEmb]``, and exactly as many ``[ItemEmb]`` as history items shown.
+bit-identical. Validation: a row holds at most one ``[UserEmb]``, and exactly as many ``[ItemEmb]`` as history
+items shown.
 
 **The reference's oddity** (§5, §9.10): its optimiser only collects the PEFT model's parameters, so the MLPs are
 never trained and stay at their random initialisation. ``trainable=False`` reproduces this (random init from

@@ -108,7 +108,7 @@ def llm_train(
     feature_frozen: Annotated[bool, typer.Option(help="With --use-feature: never train the feature MLPs (random "
                                                       "init), as TCA4Rec's code does.")] = False,
     feature_shared_mlp: Annotated[bool, typer.Option(help="With --use-feature: one MLP for the CF user and item "
-                                                          "embeddings, as TCA4Rec's code (default: one each).")] = \
+                                                          "embeddings, as TCA4Rec's code (default: one each).")] =
         False,
     sids: Annotated[Path | None, typer.Option(help="A SID folder (`recalign index build|import`): the items become "
                                                    "semantic IDs (prompt 'minionerec' unless given).")] = None,
