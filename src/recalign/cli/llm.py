@@ -131,6 +131,10 @@ def llm_train(
         "HR@3",
     select_split: Annotated[str, typer.Option(help="Split the selection metric is computed on.")] = "valid",
     select_rows: Annotated[int | None, typer.Option(help="Selection uses the split's first N rows.")] = None,
+    select_lenient: Annotated[bool, typer.Option(help="Select on the identifier match (any item with the target's "
+                                                      "title counts), as TCA4Rec's code.")] = False,
+    select_patience: Annotated[int, typer.Option(help="Stop after N selection rounds without a gain above 0.001 "
+                                                      "(TCA4Rec's code: 3; 0: never).")] = 0,
     eval_split: Annotated[str | None, typer.Option(help="Evaluate on this split after training.")] = "test",
     eval_rows: RowsOption = 200,
     beams: BeamsOption = 10,
@@ -179,7 +183,7 @@ def llm_train(
         fail(str(exc))
     if max_train_rows is not None and max_train_rows < 1:
         fail("--max-train-rows must be at least 1")
-    selection = Selection(select_every, select_metric, select_split, select_rows)
+    selection = Selection(select_every, select_metric, select_split, select_rows, select_lenient, select_patience)
     if select_every:
         try:
             selection.check(dataset)
