@@ -40,16 +40,19 @@ def evaluation_record(evaluation, split: str, ks, beams: int) -> dict:
 
 
 def evaluate_and_report(recommender, dataset, split: str, ks, beams: int, batch_size: int, max_rows: int | None,
-                        title: str, show: bool = True) -> dict:
+                        title: str, show: bool = True, length_penalty: float | None = None) -> dict:
     from ..decode import BeamConfig
     from ..decode.recommend import evaluate_llm
 
+    if length_penalty is None:  # MiniOneRec's reference layout is evaluated at 0, as the reference does
+        length_penalty = 0.0 if recommender.template.target_suffix else 1.0
     try:
-        evaluation = evaluate_llm(recommender, dataset, split, ks, BeamConfig(num_beams=beams, batch_size=batch_size),
-                                  max_rows, progress=show)
+        config = BeamConfig(num_beams=beams, batch_size=batch_size, length_penalty=length_penalty)
+        evaluation = evaluate_llm(recommender, dataset, split, ks, config, max_rows, progress=show)
     except (ValueError, KeyError) as exc:
         fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     record = evaluation_record(evaluation, split, ks, beams)
+    record["protocol"]["length_penalty"] = length_penalty
     if not show:
         return record
     console.print(metrics_table(f"{title} ({evaluation.n_examples:,} examples, ± = 95% interval, "
@@ -314,6 +317,9 @@ def llm_eval(
     k: KOption = "1,5,10",
     beams: BeamsOption = 10,
     batch_size: Annotated[int, typer.Option(help="Users per forward pass.")] = 8,
+    length_penalty: Annotated[float | None, typer.Option(help="Beam scores are divided by length ** this (default: "
+                                                              "1, or 0 with the minionerec-reference prompt, as "
+                                                              "MiniOneRec evaluates).")] = None,
     max_rows: RowsOption = None,
     threads: ThreadsOption = None,
     as_json: JsonOption = False,
@@ -335,7 +341,8 @@ def llm_eval(
 
     state = launch_state()  # under `accelerate launch` the rows are shared out
     record = evaluate_and_report(recommender, dataset, split, ks, beams, batch_size, max_rows,
-                                 f"{model} on {data} · {split}", show=state.is_main_process and not as_json)
+                                 f"{model} on {data} · {split}", show=state.is_main_process and not as_json,
+                                 length_penalty=length_penalty)
     if as_json and state.is_main_process:
         typer.echo(json.dumps({**record["metrics"], **record, "model": str(model), "processes": state.num_processes},
                               indent=2))

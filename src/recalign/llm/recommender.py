@@ -187,7 +187,8 @@ class LLMRecommender:
         if config.finetune == "lora":
             # SID tokens are new words: their rows must learn, which LoRA alone would never let them
             model = apply_lora(model, config.lora, _embedding_rows(model, trained_rows), config.seed)
-        index = sid_index(sids.sids, tokenizer) if sids is not None else title_index(dataset.titles, tokenizer)
+        index = (sid_index(sids.sids, tokenizer, template.target_suffix) if sids is not None
+                 else title_index(dataset.titles, tokenizer))
         return cls(model, tokenizer, index, config, dataset.titles, dataset.raw_ids, template, injector,
                    sids.sids if sids is not None else None, rows)
 
