@@ -7,8 +7,9 @@ a time. A mutation is *killed* when the tests fail, *survived* when they pass. A
 the source (the code changed) is reported as *stale*, never silently skipped. The unmutated copy runs first: it
 must pass, or the table would prove nothing.
 
-    flock-free: python benchmarks/mutations.py --out docs/benchmarks/mutations.md   # takes the lock per run
-    python benchmarks/mutations.py --only metrics-ties-optimistic                   # one mutation
+    python benchmarks/mutations.py --out docs/benchmarks/mutations.md     # takes the lock for each test run
+    flock /tmp/recalign-heavy.lock python benchmarks/mutations.py --locked  # the caller holds it throughout
+    python benchmarks/mutations.py --only metrics-ties-optimistic         # one mutation
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -138,8 +140,8 @@ MUTATIONS = [
              BEAM),
     mutation("beam-length-without-eos", "beam scoring: the length leaves out EOS (length penalty 1)",
              "decode/beam.py",
-             [("        new_fin = (top_score / (step + 1) ** lp)", "        new_fin = (top_score / max(step, 1) ** lp)")],
-             BEAM),
+             [("        new_fin = (top_score / (step + 1) ** lp)",
+               "        new_fin = (top_score / max(step, 1) ** lp)")], BEAM),
     mutation("beam-hook-ignored", "beam search: the embedding hook is not applied in the prefill", "decode/beam.py",
              [("        inputs = {\"inputs_embeds\": hooked_embeddings(model, ids.to(model.device), embedding_hook, "
                "histories)}", "        inputs = {\"input_ids\": ids.to(model.device)}")], BEAM),
@@ -160,10 +162,10 @@ def apply(source: Path, item: Mutation) -> None:
     path.write_text(text)
 
 
-def run_tests(source: Path, tests: list[str], timeout: int) -> tuple[int, str, float]:
+def run_tests(source: Path, tests: list[str], timeout: int, locked: bool) -> tuple[int, str, float]:
     env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": "1"}
-    command = ["flock", LOCK, sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-               "-W", "ignore", *tests]
+    command = [*([] if locked else ["flock", LOCK]), sys.executable, "-m", "pytest", "-x", "-q", "-p",
+               "no:cacheprovider", "-W", "ignore", *tests]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -190,10 +192,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="names of the mutations to run (default: all)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per test run")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument("--locked", action="store_true", help="the caller holds the heavy-job lock already")
     args = parser.parse_args()
+    # a kill (timeout's SIGTERM) unwinds normally, so the temporary copy is removed too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
-    lines = [f"Mutation check, `python benchmarks/mutations.py{' --only ' + ' '.join(args.only) if args.only else ''}"
-             f"{' --out ' + str(args.out) if args.out else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
+    command = " ".join([*(["flock", LOCK] if args.locked else []), "python benchmarks/mutations.py", *sys.argv[1:]])
+    lines = [f"Mutation check, `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
              f" {platform.python_version()}). Each row: one planted error in a temporary copy of `src/`, the listed "
              "test files run against it (`pytest -x`), killed = the tests failed.", ""]
     with tempfile.TemporaryDirectory(prefix="recalign-mutants-") as tmp:
@@ -204,7 +209,7 @@ def main() -> None:
         if not probe.stdout.strip().startswith(str(source)):
             raise SystemExit(f"the copy is not what Python imports: {probe.stdout or probe.stderr}")
         files = sorted({t for m in chosen for t in m.tests})
-        code, output, seconds = run_tests(source, files, args.timeout)
+        code, output, seconds = run_tests(source, files, args.timeout, args.locked)
         if code != 0:
             raise SystemExit(f"the unmutated source fails its tests; no mutation can be judged:\n{output[-3000:]}")
         lines += [f"Unmutated: {', '.join(files)} pass ({seconds:.0f} s).", "",
@@ -220,7 +225,7 @@ def main() -> None:
                 print(lines[-1], flush=True)
                 survived += 1
                 continue
-            code, output, seconds = run_tests(source, list(item.tests), args.timeout)
+            code, output, seconds = run_tests(source, list(item.tests), args.timeout, args.locked)
             killed = code != 0
             survived += not killed
             failing = first_failure(output) if killed else "–"
