@@ -156,6 +156,39 @@ def test_model_selection_keeps_the_best_round_and_resume_does_not_rejudge(tmp_pa
     assert json.loads((tmp_path / "sel" / "selection.json").read_text()) == history and "epoch 2:" not in again.output
 
 
+
+def test_selection_patience_counts_rounds_without_a_gain_above_min_delta():
+    from recalign.decode.selection import Selection
+
+    selection = Selection(every=1, metric="HR@3", patience=3)
+    rounds = [{"HR@3": v} for v in (0.10, 0.1005, 0.12, 0.1209, 0.05, 0.121)]
+    # 0.1005 and 0.1209 gain less than 0.001 over the best (0.10, then 0.12): no gain, as Lightning counts
+    assert [selection.stale_rounds(rounds[:n]) for n in range(1, 7)] == [0, 1, 0, 1, 2, 3]
+    assert selection.stops(rounds) and not selection.stops(rounds[:5])
+    assert not Selection(every=1, metric="HR@3").stops(rounds)  # patience 0: never
+
+
+def test_lenient_selection_with_patience_stops_early_and_resumes_stopped(tmp_path):
+    dataset = rule_dataset()
+    data = tmp_path / "data"
+    dataset.save(data)
+    command = ["llm", "train", "--data", str(data), "--out", str(tmp_path / "sel"), "--backbone", "tiny",
+               "--precision", "fp32", "--finetune", "full", "--epochs", "5", "--select-every", "1",
+               "--select-metric", "HR@1", "--select-split", "test", "--select-rows", "4", "--batch-size", "16",
+               "--micro-batch-size", "16", "--max-train-rows", "16", "--lr", "0", "--select-lenient",
+               "--select-patience", "1", "--eval-split", ""]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2] and history[0]["HR@1"] == history[1]["HR@1"]  # lr 0
+    assert "stopped after epoch 2" in result.output
+    again = runner.invoke(app, [*command, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "sel" / "selection.json").read_text()) == history
+    state = json.loads((tmp_path / "sel" / "train" / "checkpoint" / "progress.json").read_text())["state"]
+    assert state["global_step"] == 2  # one step per epoch, two epochs: the resumed run trained no further
+
+
 # --- CF features as soft tokens (--use-feature) ---------------------------------------------------------------------
 
 def features(cf_model):

@@ -43,6 +43,8 @@ class CFConfig:
     dropout: float = 0.2
     loss: str = "ce"  # ce: softmax over the catalogue; bce: one sampled negative; bpr; cloze (BERT4Rec)
     positions: str = "all"  # all: every position of the sequence predicts its next item; last: only the last
+    negatives_exclude_history: bool = False  # sampled negatives avoid the whole training row, not only the target
+    # (the TCA4Rec and A-LLMRec SASRec code; their presets set it)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES or self.positions not in POSITIONS:
@@ -101,18 +103,22 @@ class CFModel(nn.Module):
     def loss(self, seq: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Training loss on (B, L + 1) left-padded sequences: history followed by the target."""
         inputs, labels = seq[:, :-1], seq[:, 1:]
-        return self.next_item_loss(self.encode(inputs), labels, generator)
+        return self.next_item_loss(self.encode(inputs), labels, generator, seq)
 
-    def next_item_loss(self, states: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """CE over the catalogue, or BCE against one sampled negative, at the chosen positions."""
+    def next_item_loss(self, states: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                       rows: torch.Tensor | None = None) -> torch.Tensor:
+        """CE over the catalogue, or BCE against one sampled negative, at the chosen positions. ``rows`` (B, *)
+        are the training rows, which negatives avoid with ``negatives_exclude_history``."""
         if self.config.positions == "last":
             states, labels = states[:, -1:], labels[:, -1:]
         mask = labels != PAD
+        row_of = torch.arange(len(labels)).unsqueeze(1).expand_as(labels)[mask]
         states, labels = states[mask], labels[mask]
         items = self.item_vectors()
         if self.config.loss == "ce":
             return F.cross_entropy(states @ items.T, labels - 1)
-        negatives = sample_negatives(labels, self.n_items, generator)
+        excluded = rows[row_of] if self.config.negatives_exclude_history and rows is not None else None
+        negatives = sample_negatives(labels, self.n_items, generator, excluded)
         positive = (states * items[labels - 1]).sum(-1)
         negative = (states * items[negatives - 1]).sum(-1)
         if self.config.loss == "bpr":
@@ -229,11 +235,22 @@ def pad_sequences(histories: Sequence[np.ndarray], length: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def sample_negatives(positives: torch.Tensor, n_items: int, generator: torch.Generator) -> torch.Tensor:
-    """Uniform shifted ids in 1..n_items, redrawn where they hit the positive."""
+def sample_negatives(positives: torch.Tensor, n_items: int, generator: torch.Generator,
+                     excluded: torch.Tensor | None = None) -> torch.Tensor:
+    """Uniform shifted ids in 1..n_items, redrawn where they hit the positive (or, with ``excluded`` (N, L), any
+    id of the same row: its history)."""
+    def clashes(negatives: torch.Tensor) -> torch.Tensor:
+        hit = negatives == positives
+        return hit | (excluded == negatives.unsqueeze(1)).any(1) if excluded is not None else hit
+
+    if excluded is not None:
+        taken = torch.cat([excluded, positives.unsqueeze(1)], 1)
+        distinct = (taken.sort(1).values.diff(dim=1) != 0).sum(1) + 1 - (taken == PAD).any(1).long()
+        if bool((distinct >= n_items).any()):
+            raise ValueError("a training row holds every catalogue item: no negative is left to sample")
     negatives = torch.randint(1, n_items + 1, positives.shape, generator=generator)
-    clash = negatives == positives
+    clash = clashes(negatives)
     while clash.any():
         negatives[clash] = torch.randint(1, n_items + 1, (int(clash.sum()),), generator=generator)
-        clash = negatives == positives
+        clash = clashes(negatives)
     return negatives

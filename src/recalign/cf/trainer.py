@@ -8,6 +8,10 @@ Determinism: shuffling and negative sampling draw from one ``torch.Generator`` a
 global generator; both states, the optimiser's and the early-stopping bookkeeping go into the checkpoint
 written after every epoch, so a resumed run continues exactly where the interrupted one stopped and ends
 with the same weights.
+
+Divergence: a non-finite batch loss or a NaN validation score stops training with ``TrainingDiverged``
+(naming the epoch and batch); the best finite epoch stays in ``out`` and the diverged epoch is never
+checkpointed or selected.
 """
 
 from __future__ import annotations
@@ -25,13 +29,17 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..data import Dataset, catalogue_fingerprint
-from ..eval import Protocol, evaluate
+from ..eval import NonFiniteScores, Protocol, evaluate
 from ..eval.protocols import split_histories
 from .base import CFModel, load_weights, pad_sequences
 
 SELECTION_METRIC = "NDCG@10"
 CHECKPOINT = "checkpoint"
 RESUMABLE_CHANGES = ("epochs", "patience")  # a resumed run may train longer or stop otherwise; nothing else changes
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the validation scores became NaN or infinite."""
 
 
 @dataclass
@@ -106,6 +114,9 @@ def train(model: CFModel, dataset: Dataset, config: TrainConfig, out: str | Path
         bar = tqdm(batches, desc=f"epoch {state.epoch + 1}", disable=not progress, leave=False)
         for start in bar:
             loss = model.loss(rows[order[start:start + config.batch_size]], generator)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"epoch {state.epoch + 1}, batch {start // config.batch_size + 1}: the loss is "
+                                       f"{loss.item()}; {kept(state, out)} (lower --lr?)")
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -113,7 +124,10 @@ def train(model: CFModel, dataset: Dataset, config: TrainConfig, out: str | Path
             bar.set_postfix(loss=f"{loss.item():.4f}")
         seconds = time.perf_counter() - started
         state.epoch += 1
-        metrics = validation_score(model, dataset)
+        try:
+            metrics = validation_score(model, dataset)
+        except NonFiniteScores as exc:
+            raise TrainingDiverged(f"epoch {state.epoch}: validation failed: {exc}; {kept(state, out)}") from None
         score = metrics.get(SELECTION_METRIC, float(state.epoch))  # without valid rows: the latest epoch wins
         if score > state.best_score:
             state.best_score, state.best_epoch, state.epochs_without_gain = score, state.epoch, 0
@@ -143,6 +157,10 @@ def run_settings(model: CFModel, config: TrainConfig, rows: torch.Tensor) -> dic
 def settings_differences(saved: dict, settings: dict) -> list[str]:
     return [f"{name} {saved.get(name)!r} (now {value!r})" for name, value in settings.items()
             if saved.get(name) != value]
+def kept(state: TrainState, out: Path) -> str:
+    if state.best_epoch == 0:
+        return "no epoch was kept"
+    return f"the best finite epoch ({state.best_epoch}) stays in {out}"
 
 
 def save_checkpoint(directory: Path, model: CFModel, optimiser, generator: torch.Generator,

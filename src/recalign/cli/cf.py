@@ -35,7 +35,7 @@ def train_cf(data: Path, model: str, out: Path, preset: str | None = None, resum
     """Builds, trains and saves a model; returns the best model, loaded back from ``out``."""
     import torch
 
-    from ..cf import TrainConfig, build_model, from_pretrained, train
+    from ..cf import TrainConfig, TrainingDiverged, build_model, from_pretrained, train
 
     dataset = load_dataset_or_fail(data)
     try:
@@ -48,7 +48,7 @@ def train_cf(data: Path, model: str, out: Path, preset: str | None = None, resum
         fail(f"{data} has no training examples")
     try:
         state = train(cf_model, dataset, config, out, resume=resume, progress=progress)
-    except (ValueError, FileNotFoundError) as exc:  # e.g. --resume from another run's checkpoint
+    except (ValueError, FileNotFoundError, TrainingDiverged) as exc:  # e.g. --resume from another run's checkpoint
         fail(str(exc))
     best = from_pretrained(out, dataset)
     console.print(f"{model}: best epoch {state.best_epoch} of {state.epoch}; model saved in {out}")
@@ -67,6 +67,9 @@ def cf_train(
     dropout: Annotated[float | None, typer.Option(help="Dropout probability.")] = None,
     loss: Annotated[str | None, typer.Option(help="ce, bce, bpr or cloze (the model's default if unset).")] = None,
     positions: Annotated[str | None, typer.Option(help="'all' positions or the 'last' one predict.")] = None,
+    negatives_exclude_history: Annotated[bool | None, typer.Option(
+        help="Sampled negatives avoid the row's history, not only the target (the tca4rec and allmrec presets' "
+             "default, as the reference code).")] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs to train.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 256,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
@@ -80,7 +83,8 @@ def cf_train(
     """Train a CF model with early stopping on validation NDCG@10, checkpointing every epoch."""
     set_threads(threads)
     refuse_to_overwrite(out, CF_OUTPUTS, overwrite, resume)
-    overrides = dict(hidden=hidden, max_len=max_len, dropout=dropout, loss=loss, positions=positions)
+    overrides = dict(hidden=hidden, max_len=max_len, dropout=dropout, loss=loss, positions=positions,
+                     negatives_exclude_history=negatives_exclude_history)
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                          seed=seed)
     dataset, best = train_cf(data, model, out, preset, resume, overrides, train_options)

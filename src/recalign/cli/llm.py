@@ -44,16 +44,19 @@ def evaluation_record(evaluation, split: str, ks, beams: int) -> dict:
 
 
 def evaluate_and_report(recommender, dataset, split: str, ks, beams: int, batch_size: int, max_rows: int | None,
-                        title: str, show: bool = True) -> dict:
+                        title: str, show: bool = True, length_penalty: float | None = None) -> dict:
     from ..decode import BeamConfig
     from ..decode.recommend import evaluate_llm
 
+    if length_penalty is None:  # MiniOneRec's reference layout is evaluated at 0, as the reference does
+        length_penalty = 0.0 if recommender.template.target_suffix else 1.0
     try:
-        evaluation = evaluate_llm(recommender, dataset, split, ks, BeamConfig(num_beams=beams, batch_size=batch_size),
-                                  max_rows, progress=show)
+        config = BeamConfig(num_beams=beams, batch_size=batch_size, length_penalty=length_penalty)
+        evaluation = evaluate_llm(recommender, dataset, split, ks, config, max_rows, progress=show)
     except (ValueError, KeyError) as exc:
         fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     record = evaluation_record(evaluation, split, ks, beams)
+    record["protocol"]["length_penalty"] = length_penalty
     if not show:
         return record
     console.print(metrics_table(f"{title} ({evaluation.n_examples:,} examples, ± = 95% interval, "
@@ -89,6 +92,7 @@ def llm_train(
     micro_batch_size: Annotated[int, typer.Option(help="Rows per forward pass per process.")] = 4,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps, then linear decay.")] = 20,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0: no clipping).")] = 1.0,
     max_train_rows: Annotated[int | None, typer.Option(help="Train on the first N training rows only.")] = None,
     rows: Annotated[str, typer.Option(help="'target': one row per training target (the papers'); 'sequence': one "
                                            "row per window of a user's items, every item after the first "
@@ -117,6 +121,9 @@ def llm_train(
                                                    "(TCA4Rec's --use_feature; needs --cf).")] = False,
     feature_frozen: Annotated[bool, typer.Option(help="With --use-feature: never train the feature MLPs (random "
                                                       "init), as TCA4Rec's code does.")] = False,
+    feature_shared_mlp: Annotated[bool, typer.Option(help="With --use-feature: one MLP for the CF user and item "
+                                                          "embeddings, as TCA4Rec's code (default: one each).")] =
+        False,
     sids: Annotated[Path | None, typer.Option(help="A SID folder (`recalign index build|import`): the items become "
                                                    "semantic IDs (prompt 'minionerec' unless given).")] = None,
     tasks: Annotated[str, typer.Option(help="With --sids: comma-separated SFT tasks of next_item, title_to_sid, "
@@ -138,6 +145,10 @@ def llm_train(
         "HR@3",
     select_split: Annotated[str, typer.Option(help="Split the selection metric is computed on.")] = "valid",
     select_rows: Annotated[int | None, typer.Option(help="Selection uses the split's first N rows.")] = None,
+    select_lenient: Annotated[bool, typer.Option(help="Select on the identifier match (any item with the target's "
+                                                      "title counts), as TCA4Rec's code.")] = False,
+    select_patience: Annotated[int, typer.Option(help="Stop after N selection rounds without a gain above 0.001 "
+                                                      "(TCA4Rec's code: 3; 0: never).")] = 0,
     eval_split: Annotated[str | None, typer.Option(help="Evaluate on this split after training.")] = "test",
     eval_rows: RowsOption = 200,
     beams: BeamsOption = 10,
@@ -177,12 +188,13 @@ def llm_train(
         precision = resolve_precision(precision)  # saved resolved, in config.json and the checkpoints
         config = RecommenderConfig(backbone, precision, finetune, lora, prompt, domain, max_history, seed,
                                    use_feature=use_feature, feature_frozen=feature_frozen,
+                                   feature_shared_mlp=feature_shared_mlp,
                                    identifier="sid" if sids else "title")
         check_tasks(task_list, config.identifier)
         check_feature_template(get_template(prompt), use_feature)
         sft = SFTConfig(epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,
                         warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
-                        pack_length=pack_length)
+                        pack_length=pack_length, max_grad_norm=max_grad_norm)
     except (ValueError, KeyError, TypeError) as exc:
         fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
     try:
@@ -191,7 +203,7 @@ def llm_train(
         fail(str(exc))
     if max_train_rows is not None and max_train_rows < 1:
         fail("--max-train-rows must be at least 1")
-    selection = Selection(select_every, select_metric, select_split, select_rows)
+    selection = Selection(select_every, select_metric, select_split, select_rows, select_lenient, select_patience)
     if select_every:
         try:
             selection.check(dataset)
@@ -326,6 +338,9 @@ def llm_eval(
     k: KOption = "1,5,10",
     beams: BeamsOption = 10,
     batch_size: Annotated[int, typer.Option(help="Users per forward pass.")] = 8,
+    length_penalty: Annotated[float | None, typer.Option(help="Beam scores are divided by length ** this (default: "
+                                                              "1, or 0 with the minionerec-reference prompt, as "
+                                                              "MiniOneRec evaluates).")] = None,
     max_rows: RowsOption = None,
     precision: DecodePrecisionOption = "auto",
     threads: ThreadsOption = None,
@@ -348,7 +363,8 @@ def llm_eval(
 
     state = launch_state()  # under `accelerate launch` the rows are shared out
     record = evaluate_and_report(recommender, dataset, split, ks, beams, batch_size, max_rows,
-                                 f"{model} on {data} · {split}", show=state.is_main_process and not as_json)
+                                 f"{model} on {data} · {split}", show=state.is_main_process and not as_json,
+                                 length_penalty=length_penalty)
     if as_json and state.is_main_process:
         typer.echo(json.dumps({**record["metrics"], **record, "model": str(model), "processes": state.num_processes},
                               indent=2))

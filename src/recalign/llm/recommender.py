@@ -63,6 +63,7 @@ class RecommenderConfig:
     seed: int = 0
     use_feature: bool = False  # CF embeddings at [UserEmb] / [ItemEmb] placeholders (TCA4Rec's --use_feature)
     feature_frozen: bool = False  # the reference's bug: the feature MLPs are never trained (random init)
+    feature_shared_mlp: bool = False  # one MLP for CF users and items (the reference); default: one each
     identifier: str = "title"  # "title", or "sid": semantic-ID tokens added to the vocabulary (recalign.index.sid)
 
     def __post_init__(self) -> None:
@@ -70,8 +71,8 @@ class RecommenderConfig:
             raise ValueError(f"finetune must be one of {', '.join(FINETUNE)}, not {self.finetune!r}")
         if self.identifier not in IDENTIFIERS:
             raise ValueError(f"identifier must be one of {', '.join(IDENTIFIERS)}, not {self.identifier!r}")
-        if self.feature_frozen and not self.use_feature:
-            raise ValueError("feature_frozen applies to use_feature only")
+        if (self.feature_frozen or self.feature_shared_mlp) and not self.use_feature:
+            raise ValueError("feature_frozen and feature_shared_mlp apply to use_feature only")
         if self.backbone.startswith("scratch:") and self.finetune != "full":
             raise ValueError(f"a from-scratch backbone ({self.backbone}) trains every weight: finetune 'full'")
         if isinstance(self.lora, dict):
@@ -192,7 +193,8 @@ class LLMRecommender:
         if config.finetune == "lora":
             # SID tokens are new words: their rows must learn, which LoRA alone would never let them
             model = apply_lora(model, config.lora, _embedding_rows(model, trained_rows), config.seed)
-        index = sid_index(sids.sids, tokenizer) if sids is not None else title_index(dataset.titles, tokenizer)
+        index = (sid_index(sids.sids, tokenizer, template.target_suffix) if sids is not None
+                 else title_index(dataset.titles, tokenizer))
         return cls(model, tokenizer, index, config, dataset.titles, dataset.raw_ids, template, injector,
                    sids.sids if sids is not None else None, rows)
 

@@ -54,6 +54,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..cf.trainer import TrainingDiverged
 from ..precision import resolve_precision
 from .backbones import enable_activation_checkpointing, unwrap_causal_lm
 from .hooks import EmbeddingHook, hooked_embeddings
@@ -151,6 +152,13 @@ class SFTConfig:
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward: far less memory, ~1/3
     # more compute
     pack_length: int = 0  # > 0: pack a micro-batch's examples into rows of at most this many tokens (see collate)
+    optimizer: str = "adamw"  # "adamw" (eps 1e-6) or "adam" (betas 0.9/0.98, eps 1e-8: A-LLMRec's stage 2)
+    schedule: str = "linear"  # "linear" (warm-up, then decay to 0) or "constant" (A-LLMRec's stage 2)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "adam") or self.schedule not in ("linear", "constant"):
+            raise ValueError(f"optimizer is 'adamw' or 'adam' and schedule 'linear' or 'constant', not "
+                             f"{self.optimizer!r} and {self.schedule!r}")
 
 
 @dataclass
@@ -366,9 +374,13 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
         _configure_fsdp(accelerator)
         trained.to("cpu")  # the whole model waits in host memory while its shards train
     lm = _shardable_copy(trained) if sharded else trained
-    optimiser = torch.optim.AdamW(param_groups(lm, config.weight_decay), lr=config.lr, eps=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, partial(linear_schedule, warmup=config.warmup_steps, total=total_steps))
+    if config.optimizer == "adam":
+        optimiser = torch.optim.Adam(param_groups(lm, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-8)
+    else:
+        optimiser = torch.optim.AdamW(param_groups(lm, config.weight_decay), lr=config.lr, eps=1e-6)
+    schedule = (partial(linear_schedule, warmup=config.warmup_steps, total=total_steps)
+                if config.schedule == "linear" else lambda step: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
     lm, optimiser, scheduler = accelerator.prepare(lm, optimiser, scheduler)
     if accelerator.gradient_accumulation_steps != accum:
         raise ValueError(f"the launch configuration (DeepSpeed?) set {accelerator.gradient_accumulation_steps} "
@@ -431,6 +443,9 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
                 continue
 
             loss = accelerator.reduce(label_loss, "sum").item() / max(1, step_labels[step])
+            if not math.isfinite(loss):  # every process sees the same reduced loss, so all stop together
+                raise TrainingDiverged(f"optimiser step {state.global_step + 1} (epoch {epoch + 1}): the loss is "
+                                       f"{loss}; the last checkpoint in {out} is from before it (lower --lr?)")
             label_loss.zero_()
             seconds = time.perf_counter() - started
             state.global_step += 1

@@ -111,16 +111,18 @@ class AllmrecStage:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     recommender: RecommenderConfig = field(default_factory=_frozen)  # backbone, precision, max_history, seed
     train: SFTConfig = field(default_factory=_stage2_training)
-    soft_tokens: bool = True  # False: the LLM-only baseline (set recommender.finetune: lora)
+    soft_tokens: bool = True  # False: a prompt-only baseline, zero-shot (recommender.finetune: frozen, the paper's
+    # LLM-only) or LoRA-tuned (finetune: lora, TALLRec-like)
+    cf_dropout: bool = False  # stage 2's CF model in train mode (the official code); stage 1's is stage1.cf_dropout
     epochs: int = 1  # passes over the rows, fresh negatives each
     max_train_rows: int | None = None
     n_candidates: int = 20
     dataset_name: str = ""  # the Amazon category, for the prompt's words
 
     def __post_init__(self) -> None:
-        if self.soft_tokens != (self.recommender.finetune == "frozen"):
-            raise RecipeError("allmrec.recommender.finetune is frozen with soft tokens (only the projectors train) "
-                              "and lora or full without them (the LLM-only baseline)")
+        if self.soft_tokens and self.recommender.finetune != "frozen":
+            raise RecipeError("allmrec.recommender.finetune is frozen with soft tokens (only the projectors train); "
+                              "without them frozen is the zero-shot baseline, lora or full the tuned one")
         if self.train.epochs != 1:
             raise RecipeError("allmrec.train.epochs must be 1: allmrec.epochs sets the passes (fresh negatives each)")
 

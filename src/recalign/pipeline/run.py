@@ -276,12 +276,13 @@ def run_allmrec(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -
     if spec.soft_tokens:
         _, losses, joint = run_stage1(cf_model, dataset, spec.stage1, out / "stage1", spec.embedder, progress)
         log(f"A-LLMRec stage 1: {len(losses)} epochs, loss {losses[0]['total']:.4f} -> {losses[-1]['total']:.4f}")
-    recommender = create_stage2(dataset, cf_model, joint, spec.recommender)
+    recommender = create_stage2(dataset, cf_model, joint, spec.recommender, spec.cf_dropout)
     train = replace(spec.train, precision=resolve_precision(spec.train.precision))
     result, prompts = train_stage2(recommender, dataset, train, out, PromptWords.for_dataset(spec.dataset_name),
                                    spec.n_candidates, spec.epochs, spec.max_train_rows, resume=True,
-                                   progress=progress)
-    log(f"A-LLMRec stage 2: {prompts:,} prompts, {result.steps} optimiser steps; saved in {out}")
+                                   progress=progress, rows=spec.stage1.train_rows)
+    steps = result.steps if result is not None else 0
+    log(f"A-LLMRec stage 2: {prompts:,} prompts, {steps} optimiser steps; saved in {out}")
     return {"precision": {"weights": recommender.config.precision, "training": train.precision}}
 
 
@@ -327,11 +328,11 @@ def run_eval(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> N
 
 def candidate_results(recipe: Recipe, folders: dict[str, Path], dataset, cf_model, progress: bool) -> dict:
     """A-LLMRec and the CF model on the same sampled candidate sets (the paper's Hit@1 protocol)."""
-    from ..align.allmrec_llm import evaluate_candidates, load_stage2
+    from ..align.allmrec_llm import evaluate_candidates, load_stage2, variant
 
     spec, n = recipe.eval, recipe.allmrec.n_candidates
     recommender, record = load_stage2(folders["allmrec"], dataset)
-    name = "A-LLMRec" if recipe.allmrec.soft_tokens else "LLM-only"
+    name = record.get("variant") or variant(recipe.allmrec.soft_tokens, recipe.allmrec.recommender.finetune)
     return {name: evaluate_candidates(dataset, spec.split, "sampled", n, spec.seed, spec.rows, recommender, record,
                                       progress=progress),
             recipe.cf.model: evaluate_candidates(dataset, spec.split, "sampled", n, spec.seed, spec.rows,
