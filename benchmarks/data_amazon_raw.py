@@ -148,7 +148,7 @@ def main() -> None:
             sizes = generate(source, lines)
             print(f"generated {lines:,} lines in {time.perf_counter() - began:.1f} s", flush=True)
             command = [sys.executable, "-m", "recalign.cli", "data", "prepare", "--format", "amazon-raw",
-                       "--source", str(source), "--out", str(out)]
+                       "--source", str(source), "--out", str(out), "--overwrite"]
             seconds, peak = measure(command)
             read_seconds, read_peak = measure([sys.executable, "-c", READ_ONLY, str(source)])
             counts = json.loads((out / "manifest.json").read_text())["counts"]

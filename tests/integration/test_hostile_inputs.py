@@ -77,6 +77,7 @@ def test_index_build_with_a_seed_is_reproducible(tmp_path, data, monkeypatch):
     assert first == second
 
 
+@pytest.mark.slow
 def test_allmrec_stages_with_a_seed_are_reproducible(tmp_path, data, monkeypatch):
     monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
     invoke("cf", "train", "--data", data, "--model", "sasrec", *CF_SMALL, "--out", tmp_path / "cf")
