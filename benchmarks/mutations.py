@@ -179,6 +179,18 @@ def first_failure(output: str) -> str:
     return match.group(1).split("::")[-1] if match else "(see output)"
 
 
+def cpu_name() -> str:
+    """lscpu's model name and whether the CPU has avx512_bf16 / AMX (beside every timing)."""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    extras = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}, {os.cpu_count()} cores, {'with ' + ' and '.join(extras) if extras else 'no avx512_bf16 / AMX'}"
+
+
 def fresh_copy(workdir: Path) -> Path:
     source = workdir / "src"
     if source.exists():
@@ -199,8 +211,8 @@ def main() -> None:
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
     command = " ".join([*(["flock", LOCK] if args.locked else []), "python benchmarks/mutations.py", *sys.argv[1:]])
     lines = [f"Mutation check, `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
-             f" {platform.python_version()}). Each row: one planted error in a temporary copy of `src/`, the listed "
-             "test files run against it (`pytest -x`), killed = the tests failed.", ""]
+             f" Python {platform.python_version()}, {cpu_name()}). Each row: one planted error in a temporary copy "
+             "of `src/`, the listed test files run against it (`pytest -x`), killed = the tests failed.", ""]
     with tempfile.TemporaryDirectory(prefix="recalign-mutants-") as tmp:
         workdir = Path(tmp)
         source = fresh_copy(workdir)
