@@ -11,7 +11,9 @@ from rich.table import Table
 
 console = Console()
 err = Console(stderr=True)
-ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
+ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: the cores free when the command "
+                                                        "starts; torch's choice where OMP_NUM_THREADS is set).",
+                                                   min=1)]
 
 
 def quiet_transformers() -> None:
@@ -23,6 +25,9 @@ def quiet_transformers() -> None:
 
 
 def set_threads(threads: int | None) -> None:
+    from ..threads import default_threads
+
+    threads = threads or default_threads()
     if threads:
         import torch
 
