@@ -11,7 +11,9 @@ from rich.table import Table
 
 console = Console()
 err = Console(stderr=True)
-ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
+ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: the cores free when the command "
+                                                        "starts; torch's choice where OMP_NUM_THREADS is set).",
+                                                   min=1)]
 PrecisionOption = Annotated[str, typer.Option(help="'auto' (bf16 on a GPU that supports it or a CPU with "
                                                    "avx512_bf16/amx, else fp32; the choice is printed), 'bf16' or "
                                                    "'fp32'.")]
@@ -30,6 +32,9 @@ def quiet_transformers() -> None:
 
 
 def set_threads(threads: int | None) -> None:
+    from ..threads import default_threads
+
+    threads = threads or default_threads()
     if threads:
         import torch
 
