@@ -240,3 +240,29 @@ def test_an_auto_precision_run_records_the_resolved_one_and_prints_its_artefacts
     report = (run / "report" / "report.md").read_text()
     assert "Overrides (`--set`): `eval.rows=3`." in report
     assert "Precision of the llm stage: weights fp32, training fp32 (resolved from `auto`" in report
+
+
+def test_a_packaged_recipe_run_as_packaged_records_this_machines_time(tmp_path, monkeypatch):
+    from recalign.pipeline import recipe as recipe_module
+    from recalign.pipeline.runtime import expected_time, measured_here
+
+    monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
+    assert expected_time(load_recipe("demo"), gpu=False) == (  # the packaged measurement
+        "about 8 min on this kind of machine (measured on AMD EPYC, 2 cores, no GPU, 2026-11-22)")
+    assert expected_time(load_recipe("demo"), gpu=True) == "not measured on a GPU machine (measured: 8 min on AMD " \
+        "EPYC, 2 cores, no GPU)"
+    monkeypatch.setattr(recipe_module, "PACKAGED", tmp_path / "packaged")
+    write(tmp_path / "packaged", {**SMALL, "llm": None}, "small.yaml")
+    assert expected_time(load_recipe("small"), gpu=False) == "not measured on a CPU-only machine"
+
+    changed = runner.invoke(app, ["run", "small", "--run-dir", str(tmp_path / "a"), "--set", "cf.train.epochs=1"])
+    assert changed.exit_code == 0, changed.output
+    assert measured_here("small") == []  # not the recipe as packaged
+    first = runner.invoke(app, ["run", "small", "--run-dir", str(tmp_path / "b")])
+    assert first.exit_code == 0, first.output
+    (measured,) = measured_here("small")
+    assert measured.gpu is False and 0 < measured.seconds < 120 and "cores, no GPU" in measured.machine
+    again = runner.invoke(app, ["run", "small", "--run-dir", str(tmp_path / "b")])  # every stage skipped
+    assert again.exit_code == 0 and measured_here("small") == [measured]
+    listing = runner.invoke(app, ["recipes"])
+    assert "measured on this machine" in listing.output and "small" in listing.output

@@ -132,7 +132,10 @@ def test_offline_names_the_command_and_refuses_a_tampered_cache(server: Server, 
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(DownloadError, match=re.escape(f"run `recalign data download {TINY}`")) as info:
         ensure(TINY, offline=True)
-    assert "item.csv is missing" in str(info.value) and not server.requests
+    assert f"{cache_folder(TINY)} does not exist" in str(info.value) and not server.requests
+    cache_folder(TINY).mkdir(parents=True)
+    with pytest.raises(DownloadError, match=r"item\.csv is missing"):
+        ensure(TINY, offline=True)
 
     serve(server, TINY, tiny)
     assert ensure(TINY, base_url=server.base_url, progress=False) == cache_folder(TINY)

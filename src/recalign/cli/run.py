@@ -48,6 +48,7 @@ def list_recipes() -> None:
     """The recipes shipped with recalign: what each runs, the data it fetches, whether it needs a GPU and how long
     it took where measured."""
     from ..pipeline import load_recipe, named_data, packaged_recipes
+    from ..pipeline.runtime import expected_time, gpu_available
 
     gpu = gpu_available()
     for name in packaged_recipes():
@@ -75,28 +76,11 @@ def data_line(recipe, named: dict[str, str]) -> str:
     return ", ".join(parts)
 
 
-def gpu_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def expected_time(recipe, gpu: bool) -> str:
-    """The measured run on this kind of machine (with or without a GPU), else what was measured elsewhere."""
-    kind = "GPU" if gpu else "CPU-only"
-    here = [m for m in recipe.runtime.measured if m.gpu == gpu]
-    if here:
-        m = here[0]
-        when = f", {m.date}" if m.date else ""
-        return f"about {m.seconds / 60:.0f} min on this kind of machine (measured on {m.machine}{when})"
-    elsewhere = "; ".join(f"{m.seconds / 60:.0f} min on {m.machine}" for m in recipe.runtime.measured)
-    return f"not measured on a {kind} machine" + (f" (measured: {elsewhere})" if elsewhere else "")
-
-
 def run_recipe_and_report(recipe: str, run_dir: Path | None, overrides: list[str], threads: int | None,
                           offline: bool = False) -> Path:
     from ..data.download import DownloadError
     from ..pipeline import RecipeError, load_recipe, packaged_recipes, run_recipe, with_local_data
+    from ..pipeline.runtime import expected_time, gpu_available, record_run
 
     set_threads(threads)
     quiet_transformers()
@@ -104,6 +88,7 @@ def run_recipe_and_report(recipe: str, run_dir: Path | None, overrides: list[str
         loaded = load_recipe(recipe, overrides)
     except RecipeError as exc:
         fail(str(exc))
+    as_packaged = recipe in packaged_recipes() and loaded == load_recipe(recipe)  # its time is worth keeping
     gpu = gpu_available()
     if loaded.runtime.gpu and not gpu:
         sibling = f"{loaded.name}-cpu"
@@ -123,6 +108,8 @@ def run_recipe_and_report(recipe: str, run_dir: Path | None, overrides: list[str
         outcomes = run_recipe(loaded, run_dir, log=console.print, overrides=overrides)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
+    if as_packaged and not any(o.skipped for o in outcomes):
+        record_run(loaded.name, sum(o.seconds for o in outcomes), gpu)
     results = json.loads((outcomes[-1].folder / "results.json").read_text())
     ks = tuple(results["ks"])
     console.print(metrics_table(f"{loaded.name}: {results['split']}, first {results['n_examples']:,} rows, every model "

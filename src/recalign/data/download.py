@@ -270,6 +270,8 @@ def cache_problems(name: str) -> list[str]:
     """Without touching the network: what keeps ``name``'s cache folder from being complete (missing files, files
     failing their pinned size or SHA-256); empty when it is. Nothing is removed."""
     folder = cache_folder(name)
+    if not folder.is_dir():
+        return [f"{folder} does not exist"]
     manifest = _read_manifest(folder / MANIFEST) if (folder / MANIFEST).exists() else {"files": {}}
     problems = []
     for remote in resolve(name):
@@ -303,6 +305,7 @@ def ensure(name: str, offline: bool = False, base_url: str | None = None, progre
             raise DownloadError(f"{canonical_name(name)} is not in the data cache ({'; '.join(problems)}) and "
                                 f"--offline forbids fetching it; run `{download_command(name)}` where the network "
                                 f"is reachable (the cache is {cache_dir() / 'data'}, set by RECALIGN_CACHE)")
+        (report or log.info)(f"{canonical_name(name)}: in {cache_folder(name)}, verified")
     else:
         download(name, base_url=base_url, progress=progress, report=report)
     return local_path(name)
