@@ -251,7 +251,8 @@ def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> di
                                                    tca.label_mask, spec.rows, spec.context_items)
     if sids is not None:
         log("task mix: " + ", ".join(f"{name} {n:,}" for name, n in counts.items()))
-    log(f"LLM training rows ({spec.rows}): {training_rows_summary(examples)}")
+    rows = training_rows_summary(examples)
+    log(f"LLM training rows ({spec.rows}): {rows}")
     if spec.selection.every:
         result = train_with_selection(recommender, dataset, examples, train, out, spec.selection, loss_hook,
                                       resume=True, log=log)
@@ -261,7 +262,8 @@ def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> di
         recommender.save_pretrained(out)
     log(f"LLM recommender: {len(examples):,} training rows, {result.steps} optimiser steps, "
         f"{result.tokens_per_second:,.0f} tokens/s; saved in {out}")
-    return {"precision": {"weights": recommender.config.precision, "training": train.precision}}
+    return {"precision": {"weights": recommender.config.precision, "training": train.precision},
+            "training rows": f"{spec.rows}: {rows}"}
 
 
 def run_allmrec(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> dict:

@@ -213,6 +213,10 @@ def training_curves(folders: dict[str, Path], stages: dict, path: Path) -> list[
             lines.append(f"- LLM recommender: {len(frame)} optimiser steps, loss {frame['loss'].iloc[0]:.3f} at the "
                          f"first, {frame['loss'].tail(10).mean():.3f} over the last ten; "
                          f"{frame['tokens'].sum() / frame['seconds'].sum():,.0f} tokens/s.")
+            kind = stages.get("llm", {}).get("outcome", {}).get("training rows")
+            if kind:  # which objective: one row per target, or sequence rows (every next item of a window)
+                objective = "one row per target" if kind.startswith("target") else "the sequence objective"
+                lines.append(f"- LLM training rows ({objective}): {kind.split(': ', 1)[1]}.")
             selection = folders["llm"] / "selection.json"
             if selection.exists():
                 rounds = json.loads(selection.read_text())
