@@ -240,6 +240,7 @@ def test_an_auto_precision_run_records_the_resolved_one_and_prints_its_artefacts
     report = (run / "report" / "report.md").read_text()
     assert "Overrides (`--set`): `eval.rows=3`." in report
     assert "Precision of the llm stage: weights fp32, training fp32 (resolved from `auto`" in report
+    assert "LLM training rows (one row per target): 8 training rows, 8 item targets" in report
 
 
 def test_a_packaged_recipe_run_as_packaged_records_this_machines_time(tmp_path, monkeypatch):
