@@ -114,9 +114,11 @@ def plot_metrics(models: dict, ks: tuple[int, ...], path: Path) -> None:
         ax.set_xlabel("K (cut-off)")
         ax.set_ylabel(labels[metric])
         ax.set_ylim(bottom=0)
-        ax.set_title(f"{metric} (bars: 95% interval)")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+        ax.set_title(f"{metric} (whiskers: 95% interval)")
+    # one legend below both axes, where it covers no bar
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(models), 6), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
