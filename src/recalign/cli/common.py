@@ -11,9 +11,9 @@ from rich.table import Table
 
 console = Console()
 err = Console(stderr=True)
-ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: the cores free when the command "
-                                                        "starts; torch's choice where OMP_NUM_THREADS is set).",
-                                                   min=1)]
+ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: every core on a quiet machine, "
+                                                        "the cores left free where other work runs; OMP_NUM_THREADS "
+                                                        "is followed).", min=1)]
 
 
 def quiet_transformers() -> None:
