@@ -27,10 +27,15 @@ def runnable_now(samples: int = 5, interval: float = 0.01) -> float:
     return sum(counts) / len(counts)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def free_cores(busy: float | None = None, cores: int | None = None) -> int:
     """The cores this process may run on less those busy with other work now (``busy`` threads; measured when
     None), at least 1. Where the machine's load cannot be read, every core."""
-    cores = cores or len(os.sched_getaffinity(0))
+    cores = cores or usable_cores()
     if busy is None:
         try:
             busy = runnable_now()
@@ -46,7 +51,7 @@ def free_at_start() -> int:
 
 
 def contended() -> bool:
-    return free_at_start() < len(os.sched_getaffinity(0))
+    return free_at_start() < usable_cores()
 
 
 def passive_openmp_if_contended() -> None:

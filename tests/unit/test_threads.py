@@ -35,7 +35,7 @@ def test_a_spinning_process_is_seen_busy():
 @pytest.mark.parametrize("free,threads,policy", [(2, None, None), (1, 1, "PASSIVE")])
 def test_defaults_change_only_where_other_work_runs(monkeypatch, free, threads, policy):
     monkeypatch.setattr(threads_module, "free_at_start", lambda: free)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    monkeypatch.setattr(threads_module, "usable_cores", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert default_threads() == threads  # None: torch's choice, every core
@@ -45,7 +45,7 @@ def test_defaults_change_only_where_other_work_runs(monkeypatch, free, threads, 
 
 def test_a_chosen_thread_count_or_wait_policy_is_kept(monkeypatch):
     monkeypatch.setattr(threads_module, "free_at_start", lambda: 1)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    monkeypatch.setattr(threads_module, "usable_cores", lambda: 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert default_threads() is None  # torch's own choice, which follows OMP_NUM_THREADS
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
