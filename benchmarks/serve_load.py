@@ -34,7 +34,6 @@ from common import REPO, SHARED_AMAZON18, CommandRunner, bf16_flags, machine, wr
 
 DOC = REPO / "docs" / "benchmarks" / "serve.md"
 DOC_TITLE = "Serving: micro-batching under load"
-DEFAULT_MODEL = REPO / "runs" / "bench_serve" / "model"
 HUGE = 50 * 1000 * 1000  # the attacker's body, as in issue 19
 
 
@@ -169,9 +168,10 @@ async def load(base: str, server: subprocess.Popen, histories: list[list[int]], 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help="a folder written by `recalign llm train` (the default is built if absent: SmolLM2-135M "
-                             "with LoRA after one step on Toys, fp32)")
+    parser.add_argument("--model", type=Path, help="a folder written by `recalign llm train` (default: one built "
+                                                   "by the script if absent: --backbone after one step on Toys, fp32)")
+    parser.add_argument("--backbone", default="smollm2-135m", help="the built model's backbone ('tiny': a small random "
+                                                                   "LLaMA, whose fast answers stress the server more)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--max-batch", type=int, default=16, help="the batched mode's histories per decoder call")
@@ -185,7 +185,8 @@ def main(argv=None) -> int:
 
     started = datetime.now(timezone.utc)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    built = build_model(args.model, args.work_dir) if args.model == DEFAULT_MODEL else []
+    built = [] if args.model else build_model(args.backbone, args.work_dir)
+    args.model = args.model or args.work_dir / f"model-{args.backbone}"
     catalogue = json.loads((args.model / "config.json").read_text())["n_items"]
     rng = np.random.default_rng(0)
     histories = [rng.integers(0, catalogue, size=int(rng.integers(3, 11))).tolist() for _ in range(4096)]
@@ -222,7 +223,8 @@ before the clock starts."""
                   "costs what a trained one does):\n\n" + "\n".join(built))
     first, second = results.values()
     if args.hostile:
-        section, text = "hostile", hostile_text(setup, rows, first, second, args.attack_interval)
+        section, text = f"hostile-{args.model.name}", hostile_text(args.model.name, setup, rows, first, second,
+                                                                     args.attack_interval)
     else:
         section, text = "load", f"""## Load test (`benchmarks/serve_load.py`)
 
@@ -239,12 +241,12 @@ call include the warm-up request.
     return 0
 
 
-def hostile_text(setup: str, rows: list[str], calm: dict, attacked: dict, interval: float) -> str:
+def hostile_text(model: str, setup: str, rows: list[str], calm: dict, attacked: dict, interval: float) -> str:
     attacks = dict(attacked["attacks"])
     sent, hung_up = attacks.pop("MB sent", 0), attacks.pop("hung up", 0)
     endings = ", ".join(f"{count} {status}" for status, count in sorted(attacks.items()))
-    ratio = attacked["p99"] / calm["p99"]
-    return f"""## Under attack (`benchmarks/serve_load.py --hostile`)
+    ratio, throughput = attacked["p99"] / calm["p99"], attacked["throughput"] / calm["throughput"]
+    return f"""## Under attack (`benchmarks/serve_load.py --hostile`), {model}
 
 {setup}
 
@@ -260,18 +262,20 @@ decoder already or been answered).
 {chr(10).join(rows)}
 
 **Well-behaved clients under attack: {attacked['failed']} failed, p99 {ratio:.2f}× the calm run's** (goal: 0 failed,
-at most 1.5×); the server's resident memory peaked at {attacked['rss_max']:,.0f} MB under attack, {calm['rss_max']:,.0f}
-MB calm.
+at most 1.5×; a p99 of fewer than 100 answers is their slowest), throughput {throughput:.2f}× the calm run's; the
+server's resident memory peaked at {attacked['rss_max']:,.0f} MB under attack, {calm['rss_max']:,.0f} MB calm.
 """
 
 
-def build_model(model: Path, work: Path) -> list[str]:
-    """A servable SmolLM2-135M recommender over Toys (one LoRA step, fp32); returns the commands, for the report."""
-    runner, data = CommandRunner(work), work / "toys"
+def build_model(backbone: str, work: Path) -> list[str]:
+    """A servable recommender over Toys (one training step, fp32) in ``work/model-<backbone>``; returns the commands,
+    for the report."""
+    runner, data, model = CommandRunner(work), work / "toys", work / f"model-{backbone}"
     runner.run("data", ["data", "prepare", "--format", "amazon18", "--source", SHARED_AMAZON18 / "Toys_and_Games",
                         "--out", data], data / "manifest.json")
-    runner.run("model", ["llm", "train", "--data", data, "--out", model, "--max-train-rows", 16, "--precision", "fp32",
-                         "--eval-rows", 8, "--threads", 2], model / "config.json")
+    runner.run(f"model-{backbone}", ["llm", "train", "--data", data, "--out", model, "--backbone", backbone,
+                                     "--max-train-rows", 16, "--precision", "fp32", "--eval-rows", 8, "--threads", 2],
+               model / "config.json")
     return runner.commands_block()
 
 

@@ -1,5 +1,5 @@
-"""Thread defaults under contention: the cores free now (a spinning process is seen), OMP_NUM_THREADS and a chosen
-OpenMP wait policy respected."""
+"""Thread defaults under contention: the cores free now (a spinning process is seen); torch's defaults on a quiet
+machine, the free cores and passive OpenMP waits beside other work; OMP_NUM_THREADS and a chosen wait policy kept."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from recalign.threads import default_threads, free_cores, passive_openmp, runnable_now
+import recalign.threads as threads_module
+from recalign.threads import default_threads, free_cores, passive_openmp_if_contended, runnable_now
 
 
 @pytest.mark.parametrize("busy,cores,free", [(0, 2, 2), (0.4, 2, 2), (0.6, 2, 1), (1, 2, 1), (2, 2, 1), (9, 2, 1),
@@ -31,14 +32,22 @@ def test_a_spinning_process_is_seen_busy():
         spinner.wait()
 
 
+@pytest.mark.parametrize("free,threads,policy", [(2, None, None), (1, 1, "PASSIVE")])
+def test_defaults_change_only_where_other_work_runs(monkeypatch, free, threads, policy):
+    monkeypatch.setattr(threads_module, "free_at_start", lambda: free)
+    monkeypatch.setattr(threads_module, "usable_cores", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert default_threads() == threads  # None: torch's choice, every core
+    passive_openmp_if_contended()
+    assert os.environ.get("OMP_WAIT_POLICY") == policy
+
+
 def test_a_chosen_thread_count_or_wait_policy_is_kept(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(threads_module, "free_at_start", lambda: 1)
+    monkeypatch.setattr(threads_module, "usable_cores", lambda: 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert default_threads() is None  # torch's own choice, which follows OMP_NUM_THREADS
-    monkeypatch.delenv("OMP_NUM_THREADS")
-    assert 1 <= default_threads() <= free_cores(0)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    passive_openmp()
+    passive_openmp_if_contended()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-    monkeypatch.delenv("OMP_WAIT_POLICY")
-    passive_openmp()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"

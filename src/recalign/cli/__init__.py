@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from ..threads import passive_openmp
+from ..threads import passive_openmp_if_contended
 from .allmrec import allmrec_app
 from .cf import cf_app
 from .data import data_app
@@ -36,5 +36,5 @@ app.command("report")(report_command)
 
 
 def main() -> None:
-    passive_openmp()  # before any command loads torch (docs/benchmarks/threads.md)
+    passive_openmp_if_contended()  # before any command loads torch (docs/benchmarks/threads.md)
     app()

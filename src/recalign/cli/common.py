@@ -11,9 +11,9 @@ from rich.table import Table
 
 console = Console()
 err = Console(stderr=True)
-ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: the cores free when the command "
-                                                        "starts; torch's choice where OMP_NUM_THREADS is set).",
-                                                   min=1)]
+ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: every core on a quiet machine, "
+                                                        "the cores left free where other work runs; OMP_NUM_THREADS "
+                                                        "is followed).", min=1)]
 PrecisionOption = Annotated[str, typer.Option(help="'auto' (bf16 on a GPU that supports it or a CPU with "
                                                    "avx512_bf16/amx, else fp32; the choice is printed), 'bf16' or "
                                                    "'fp32'.")]
