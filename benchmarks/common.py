@@ -112,10 +112,3 @@ def shown_command(script: str, hidden: tuple[str, ...] = ("--note",)) -> str:
             shown.append(arg)
     return shlex.join([".venv/bin/python", f"benchmarks/{script}", *shown])
 
-
-def bf16_flags() -> str:
-    """Whether the CPU has native bf16 (avx512_bf16, amx), for the line beside a timing."""
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    found = [flag for flag in flags if flag == "avx512_bf16" or flag.startswith("amx")]
-    return f"CPU flags: {', '.join(found)}" if found else "CPU flags: no avx512_bf16, no amx"

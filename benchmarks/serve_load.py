@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from common import REPO, SHARED_AMAZON18, CommandRunner, bf16_flags, machine, write_section
+from common import REPO, SHARED_AMAZON18, CommandRunner, machine, write_section
 
 DOC = REPO / "docs" / "benchmarks" / "serve.md"
 DOC_TITLE = "Serving: micro-batching under load"
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
                     f"{r['p99']:.2f} | {r['histories'] / max(r['calls'], 1):.1f} | {r['rss_start']:,.0f} / "
                     f"{r['rss_max']:,.0f} |")
     model = args.model.relative_to(REPO) if args.model.is_relative_to(REPO) else args.model
-    setup = f"""Produced by `{command}` (started {started:%Y-%m-%d %H:%M} UTC) on {machine()} ({bf16_flags()});
+    setup = f"""Produced by `{command}` (started {started:%Y-%m-%d %H:%M} UTC) on {machine()};
 the server with {args.threads} torch threads, the clients in the same machine. Model: `{model}` ({catalogue:,} items),
 10 beams, k 10. {args.clients} concurrent clients for {args.seconds:g} s per mode, each posting `/recommend` with
 the next of 4,096 random histories (3–10 items, seed 0) as soon as its previous answer arrived; one warm-up request

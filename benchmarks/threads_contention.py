@@ -27,7 +27,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from common import REPO, bf16_flags, machine, shown_command, write_section
+from common import REPO, machine, shown_command, write_section
 
 DOC = REPO / "docs" / "benchmarks" / "threads.md"
 SETTINGS = {  # name -> (environment, torch threads or None for torch's choice)
@@ -133,8 +133,8 @@ def main(argv=None) -> int:
 
     text = f"""## Threads under contention (`benchmarks/threads_contention.py`)
 
-Produced by `{shown_command("threads_contention.py")}` (started {started:%Y-%m-%d %H:%M} UTC) on {machine()}
-({bf16_flags()}); nothing else ran meanwhile (the benchmark held the shared lock). Median step time over
+Produced by `{shown_command("threads_contention.py")}` (started {started:%Y-%m-%d %H:%M} UTC) on {machine()};
+nothing else ran meanwhile (the benchmark held the shared lock). Median step time over
 {args.seconds:g} s of steps; "× alone" is against the same setting's run without a competitor.
 
 {chr(10).join(rows)}
