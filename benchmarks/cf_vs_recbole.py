@@ -226,7 +226,7 @@ def prepare(args, name: str) -> tuple[Path, dict]:
     """recalign's dataset, then RecBole's benchmark files written from its examples."""
     out = args.work_dir / "data" / name
     command = [str(args.recalign_python), "-m", "recalign.cli", "data", "prepare", "--format", "amazon18",
-               "--source", str(args.source / name), "--out", str(out)]
+               "--source", str(args.source / name), "--out", str(out), "--overwrite"]  # a rerun prepares again
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     import pyarrow.parquet as pq
 

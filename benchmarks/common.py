@@ -20,15 +20,12 @@ SHARED_AMAZON18 = REPO.parent / "shared" / "data" / "amazon18"
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+    """The line every figure's document names its machine with: the CPU model and the instruction flags that
+    decide its speed (AVX2, AVX-512, native bf16), cores, Python and system."""
+    from recalign.precision import cpu_info
+
+    return (f"{cpu_info().describe()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{platform.system()}")
 
 
 def prepare_amazon18(name: str, out: Path, source: Path = SHARED_AMAZON18, python: str = sys.executable) -> Path:
@@ -114,3 +111,4 @@ def shown_command(script: str, hidden: tuple[str, ...] = ("--note",)) -> str:
         elif not arg.startswith(tuple(f"{h}=" for h in hidden)):
             shown.append(arg)
     return shlex.join([".venv/bin/python", f"benchmarks/{script}", *shown])
+

@@ -16,7 +16,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import machine
 
 START, END = 1_104_537_600, 1_538_352_000  # 2005-01-01 .. 2018-10-01, the span of the 2018 dumps
 DAY = 86_400
@@ -124,12 +124,6 @@ def measure(command: list[str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024  # ru_maxrss is KiB on Linux
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=1_000_000, help="review lines of the largest run")
@@ -154,7 +148,7 @@ def main() -> None:
             sizes = generate(source, lines)
             print(f"generated {lines:,} lines in {time.perf_counter() - began:.1f} s", flush=True)
             command = [sys.executable, "-m", "recalign.cli", "data", "prepare", "--format", "amazon-raw",
-                       "--source", str(source), "--out", str(out)]
+                       "--source", str(source), "--out", str(out), "--overwrite"]
             seconds, peak = measure(command)
             read_seconds, read_peak = measure([sys.executable, "-c", READ_ONLY, str(source)])
             counts = json.loads((out / "manifest.json").read_text())["counts"]

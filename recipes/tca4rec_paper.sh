@@ -4,7 +4,8 @@
 #
 #   recipes/tca4rec_paper.sh Toys_and_Games meta-llama/Llama-3.2-3B [OUT]
 #
-# DATASET is Toys_and_Games, Sports_and_Outdoors or Office_Products under $AMAZON18 (default ../shared/data/amazon18).
+# DATASET is Toys_and_Games, Sports_and_Outdoors or Office_Products: the published split tca4rec:DATASET, fetched
+# into the data cache (`recalign data download`), or the folder $AMAZON18/DATASET when AMAZON18 is set.
 # LLM is any causal LM (hub id or local path); the paper's is Llama-3.2-3B. Multi-GPU: LAUNCH="accelerate launch -m
 # recalign.cli" (configure with `accelerate config`). FAITHFUL=1 trains the labels the official code trains (not the
 # last title token, not EOS); by default every identifier token and EOS are trained.
@@ -20,7 +21,6 @@ set -euo pipefail
 DATASET=${1:?dataset (Toys_and_Games, Sports_and_Outdoors or Office_Products)}
 LLM=${2:?causal LM (hub id or local path)}
 OUT=${3:-runs/tca4rec/$DATASET}
-AMAZON18=${AMAZON18:-../shared/data/amazon18}
 LAUNCH=${LAUNCH:-recalign}
 case "$DATASET" in
   Office_Products) DOMAIN="office products" ;;
@@ -31,7 +31,13 @@ esac
 MASK=()
 [[ "${FAITHFUL:-0}" == 1 ]] && MASK=(--faithful-mask)
 
-recalign data prepare --format amazon18 --source "$AMAZON18/$DATASET" --out "$OUT/data"
+if [[ -n "${AMAZON18:-}" ]]; then
+  SOURCE="$AMAZON18/$DATASET"
+else
+  recalign data download "tca4rec:$DATASET"
+  SOURCE="${RECALIGN_CACHE:-$HOME/.cache/recalign}/data/tca4rec/$DATASET"
+fi
+recalign data prepare --format amazon18 --source "$SOURCE" --out "$OUT/data"
 recalign cf train --data "$OUT/data" --model sasrec --preset tca4rec --out "$OUT/sasrec"
 
 common=(--data "$OUT/data" --backbone "$LLM" --precision bf16 --finetune lora --lora-r 8 --lora-alpha 16

@@ -2,9 +2,16 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 # Tiny models train faster on one thread, and two test processes on 2 cores must not oversubscribe them.
@@ -120,3 +127,90 @@ def launch_fsdp(*arguments: str | Path, tmp_path: Path, precision: str = "no") -
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     return done
+
+
+# The loopback HTTP server the downloader tests fetch from.
+PREFIX = "/mirror"
+
+
+@dataclass
+class Server:
+    """What the loopback server serves and what it saw; ``files`` maps request paths to bodies."""
+
+    base_url: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)
+    honour_range: bool = True
+    cut_after: int | None = None
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    sent: dict[str, int] = field(default_factory=dict)
+
+    def gets(self, path: str) -> list[dict[str, str]]:
+        return [headers for p, headers in self.requests if p == path]
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    state = Server()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.requests.append((self.path, dict(self.headers)))
+            body = state.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            start = 0
+            match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+            if match and state.honour_range:
+                start = int(match[1])
+                if start >= len(body):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            chunk = body[start:]
+            self.send_header("Content-Length", str(len(chunk)))
+            self.end_headers()
+            if state.cut_after is not None:
+                chunk = chunk[:state.cut_after]
+            # counted before writing: the client may finish, and the test read this, before write returns
+            state.sent[self.path] = state.sent.get(self.path, 0) + len(chunk)
+            self.wfile.write(chunk)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}{PREFIX}"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+@contextmanager
+def loopback_server(app) -> Iterator[str]:
+    """Serves an ASGI app with uvicorn on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -40,9 +40,23 @@ def test_allmrec_commands(tmp_path, monkeypatch):
     out = invoke("allmrec", "stage2", *common, "--stage1", tmp_path / "s1", "--out", tmp_path / "a")
     assert "trained" in out
     invoke("allmrec", "stage2", *common, "--no-soft-tokens", "--out", tmp_path / "llm-only")
+    out = invoke("allmrec", "stage2", *common, "--no-soft-tokens", "--zero-shot", "--out", tmp_path / "zero-shot")
+    assert "nothing trained" in out and not (tmp_path / "zero-shot" / "train").exists()
+    variants = {name: json.loads((tmp_path / name / "allmrec.json").read_text())["variant"]
+                for name in ("a", "llm-only", "zero-shot")}
+    assert variants == {"a": "A-LLMRec", "llm-only": "LLM-only (lora, TALLRec-like)",
+                        "zero-shot": "LLM-only (zero-shot)"}
+    # the official code's settings: one row per user, raw text vectors, Adam at a constant rate, no clipping
+    invoke("allmrec", "stage1", "--data", data, "--cf", tmp_path / "cf", "--out", tmp_path / "s1-ref", "--epochs", "1",
+           "--train-rows", "last", "--text-input", "reference")
+    invoke("allmrec", "stage2", *common, "--stage1", tmp_path / "s1-ref", "--out", tmp_path / "a-ref",
+           "--train-rows", "last", "--optimizer", "adam", "--schedule", "constant", "--max-grad-norm", "0",
+           "--cf-dropout", "--lr", "0.001")
+    lrs = (tmp_path / "a-ref" / "train" / "train_log.csv").read_text().splitlines()
+    assert len(lrs) == 3 and all(",0.001," in line for line in lrs[1:])  # 8 users' last rows, 4 per step
     results = {}
     judged = {"a": ["--model", tmp_path / "a", "--lenient"], "llm-only": ["--model", tmp_path / "llm-only"],
-              "cf": ["--cf", tmp_path / "cf"]}
+              "zero-shot": ["--model", tmp_path / "zero-shot"], "cf": ["--cf", tmp_path / "cf"]}
     for name, args in judged.items():
         results[name] = json.loads(invoke("allmrec", "eval", "--data", data, *args, "--rows", "6", "--json"))
     for result in results.values():

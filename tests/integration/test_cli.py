@@ -52,9 +52,25 @@ def test_bad_arguments_fail_with_a_message(tmp_path):
     assert result.exit_code == 1 and "unknown format" in result.output
 
 
-def test_every_command_has_help():
-    for command in (["--help"], ["data", "--help"], ["data", "prepare", "--help"], ["data", "stats", "--help"],
-                    ["data", "synth", "--help"], ["data", "download", "--help"], ["eval", "--help"],
-                    ["demo", "--help"]):
-        result = runner.invoke(app, command)
-        assert result.exit_code == 0 and "Usage" in result.output
+def command_paths(command, path=()):
+    """Every command and group below ``command`` (a click command), as argument lists."""
+    yield list(path)
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from command_paths(sub, (*path, name))
+
+
+def test_every_help_reads_well_at_80_columns_and_piped():
+    """Plain help (what a pipe gets, too): no line past 80 columns, no box drawing, and option texts in a wide
+    column; rich's boxed tables indented them 50-60 columns, one or two words a line."""
+    import typer
+
+    paths = list(command_paths(typer.main.get_command(app)))
+    assert ["data", "download"] in paths and ["llm", "train"] in paths and len(paths) > 25
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], terminal_width=80)
+        assert result.exit_code == 0 and result.output.startswith("Usage:"), (path, result.output)
+        lines = result.output.splitlines()
+        assert max(map(len, lines)) <= 80, (path, max(lines, key=len))
+        assert not set(result.output) & set("│╭╮╰╯─"), path
+        indents = [len(line) - len(line.lstrip()) for line in lines if line.strip()]
+        assert max(indents) <= 34, (path, result.output)

@@ -8,19 +8,16 @@ import json
 import logging
 import re
 import socket
-import threading
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from tests.conftest import PREFIX, Server
 
 from recalign.data import download as dl
 from recalign.data.download import DownloadError, download
 
-PREFIX = "/mirror"
 ML_FILES = {
     "ml-1m/ratings.dat": b"1::1193::5::978300760\n1::661::3::978302109\n2::1357::5::978298709\n",
     "ml-1m/movies.dat": b"1::Toy Story (1995)::Animation|Children's|Comedy\n661::James (1996)::Animation\n",
@@ -35,70 +32,6 @@ def fake_ml1m_zip() -> bytes:
         for name, data in ML_FILES.items():
             zf.writestr(name, data)
     return buffer.getvalue()
-
-
-@dataclass
-class Server:
-    """What the loopback server serves and what it saw; ``files`` maps request paths to bodies."""
-
-    base_url: str = ""
-    files: dict[str, bytes] = field(default_factory=dict)
-    honour_range: bool = True
-    cut_after: int | None = None
-    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-    sent: dict[str, int] = field(default_factory=dict)
-
-    def gets(self, path: str) -> list[dict[str, str]]:
-        return [headers for p, headers in self.requests if p == path]
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    state = Server()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.requests.append((self.path, dict(self.headers)))
-            body = state.files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            start = 0
-            match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-            if match and state.honour_range:
-                start = int(match[1])
-                if start >= len(body):
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(body)}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            else:
-                self.send_response(200)
-            chunk = body[start:]
-            self.send_header("Content-Length", str(len(chunk)))
-            self.end_headers()
-            if state.cut_after is not None:
-                chunk = chunk[:state.cut_after]
-            # counted before writing: the client may finish, and the test read this, before write returns
-            state.sent[self.path] = state.sent.get(self.path, 0) + len(chunk)
-            self.wfile.write(chunk)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}{PREFIX}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
 
 
 @pytest.fixture

@@ -111,12 +111,12 @@ def test_cli_train_eval_and_recommend(tmp_path, trained):
     result = runner.invoke(app, ["llm", "eval", "--data", str(data), "--model", str(out), "--k", "1,5", "--beams", "5",
                                  "--json"])
     assert result.exit_code == 0, result.output
-    record = json.loads(result.output)
+    record = json.loads(result.stdout)
     assert record["HR@1"] >= 0.9 and record["n_examples"] == 30 and "NDCG@5" in record["identifier_metrics"]
     shown = runner.invoke(app, ["recommend", "--model", str(out), "--history", "1,2,3", "-k", "3"])
     assert shown.exit_code == 0 and "t" in shown.output and "score" in shown.output
     raw = runner.invoke(app, ["recommend", "--model", str(out), "--history", "i1,i2", "--raw", "-k", "2", "--json"])
-    assert raw.exit_code == 0 and len(json.loads(raw.output)) == 2
+    assert raw.exit_code == 0 and len(json.loads(raw.stdout)) == 2
     for history, message in (("1,99", "unknown item"), (" , ", "empty"), ("i1,zz", "unknown item")):
         bad = runner.invoke(app, ["recommend", "--model", str(out), "--history", history,
                                   *(["--raw"] if history.startswith("i") else [])])
@@ -150,10 +150,43 @@ def test_model_selection_keeps_the_best_round_and_resume_does_not_rejudge(tmp_pa
     best = max(row["HR@1"] for row in history)
     saved = runner.invoke(app, ["llm", "eval", "--data", str(data), "--model", str(tmp_path / "sel"), "--k", "1",
                                 "--beams", "1", "--json"])
-    assert json.loads(saved.output)["HR@1"] == pytest.approx(best)  # the saved model is the best round's
+    assert json.loads(saved.stdout)["HR@1"] == pytest.approx(best)  # the saved model is the best round's
     again = runner.invoke(app, [*command, "--resume"])
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "sel" / "selection.json").read_text()) == history and "epoch 2:" not in again.output
+
+
+
+def test_selection_patience_counts_rounds_without_a_gain_above_min_delta():
+    from recalign.decode.selection import Selection
+
+    selection = Selection(every=1, metric="HR@3", patience=3)
+    rounds = [{"HR@3": v} for v in (0.10, 0.1005, 0.12, 0.1209, 0.05, 0.121)]
+    # 0.1005 and 0.1209 gain less than 0.001 over the best (0.10, then 0.12): no gain, as Lightning counts
+    assert [selection.stale_rounds(rounds[:n]) for n in range(1, 7)] == [0, 1, 0, 1, 2, 3]
+    assert selection.stops(rounds) and not selection.stops(rounds[:5])
+    assert not Selection(every=1, metric="HR@3").stops(rounds)  # patience 0: never
+
+
+def test_lenient_selection_with_patience_stops_early_and_resumes_stopped(tmp_path):
+    dataset = rule_dataset()
+    data = tmp_path / "data"
+    dataset.save(data)
+    command = ["llm", "train", "--data", str(data), "--out", str(tmp_path / "sel"), "--backbone", "tiny",
+               "--precision", "fp32", "--finetune", "full", "--epochs", "5", "--select-every", "1",
+               "--select-metric", "HR@1", "--select-split", "test", "--select-rows", "4", "--batch-size", "16",
+               "--micro-batch-size", "16", "--max-train-rows", "16", "--lr", "0", "--select-lenient",
+               "--select-patience", "1", "--eval-split", ""]
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2] and history[0]["HR@1"] == history[1]["HR@1"]  # lr 0
+    assert "stopped after epoch 2" in result.output
+    again = runner.invoke(app, [*command, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "sel" / "selection.json").read_text()) == history
+    state = json.loads((tmp_path / "sel" / "train" / "checkpoint" / "progress.json").read_text())["state"]
+    assert state["global_step"] == 2  # one step per epoch, two epochs: the resumed run trained no further
 
 
 # --- CF features as soft tokens (--use-feature) ---------------------------------------------------------------------
@@ -255,6 +288,27 @@ def beam_search_scores(recommender, histories):
     return [result.scores[:5] for result in ranked]
 
 
+def test_recommend_excludes_the_history_and_checks_it_before_loading(trained, monkeypatch):
+    _, _, out = trained
+    plain = runner.invoke(app, ["recommend", "--model", str(out), "--history", "1,2,3,1", "-k", "8", "--json"])
+    excluded = runner.invoke(app, ["recommend", "--model", str(out), "--history", "1,2,3,1", "-k", "5", "--json",
+                                   "--exclude-history"])
+    assert plain.exit_code == 0 and excluded.exit_code == 0, excluded.output
+    rows = json.loads(excluded.stdout)
+    # the oracle: the unexcluded ranking with the history's items struck out (k + 3 distinct history items beams)
+    assert rows == [row for row in json.loads(plain.stdout) if row["item"] not in (1, 2, 3)][:5]
+    assert len(rows) == 5 and all(row["score"] <= 0 for row in rows)
+    help_text = " ".join(runner.invoke(app, ["recommend", "--help"]).output.split())
+    assert "mean log-probability per token" in help_text and "metric names" not in help_text
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the history was checked")
+
+    monkeypatch.setattr(LLMRecommender, "from_pretrained", no_load)
+    bad = runner.invoke(app, ["recommend", "--model", str(out), "--history", "1,99"])
+    assert bad.exit_code == 1 and "unknown item in --history: 99" in bad.output, bad.output
+
+
 def test_cli_use_feature_trains_saves_and_answers_on_its_own(tmp_path):
     from safetensors.torch import load_file
 
@@ -275,7 +329,7 @@ def test_cli_use_feature_trains_saves_and_answers_on_its_own(tmp_path):
     assert json.loads((tmp_path / "tca" / "test_metrics.json").read_text())["n_examples"] == 4
     shown = runner.invoke(app, ["recommend", "--model", str(tmp_path / "tca"), "--history", "1,2,3", "-k", "3",
                                 "--json"])
-    assert shown.exit_code == 0 and len(json.loads(shown.output)) == 3, shown.output
+    assert shown.exit_code == 0 and len(json.loads(shown.stdout)) == 3, shown.output
 
     frozen = runner.invoke(app, [*common, "--out", str(tmp_path / "frozen"), "--use-feature", "--feature-frozen",
                                  "--cf", str(tmp_path / "cf"), "--eval-split", ""])

@@ -18,10 +18,12 @@ from safetensors import safe_open  # noqa: E402
 from tests.conftest import cpu_launch, launch_fsdp  # noqa: E402
 
 from recalign.llm.train import (  # noqa: E402
+    PROGRESS,
     LabelBatch,
     LabelPositionLM,
     SFTConfig,
     SFTExample,
+    TrainingDiverged,
     collate,
     cross_entropy_loss,
     sft_train,
@@ -238,6 +240,29 @@ def test_the_hooks_loss_is_what_gets_optimised(tmp_path):
         logits = LabelPositionLM(model)(batch.input_ids, batch.attention_mask, batch.position_ids,
                                         batch.label_rows, batch.label_cols)
     assert (logits.argmax(-1) == favourite).all()
+
+
+def test_a_non_finite_loss_stops_training_before_its_step_is_checkpointed(tmp_path):
+    calls = []
+
+    def nan_from_the_third_micro_batch(logits: torch.Tensor, batch: LabelBatch) -> torch.Tensor:
+        calls.append(1)
+        losses = F.cross_entropy(logits, batch.label_tokens, reduction="none")
+        return losses * float("nan") if len(calls) > 2 else losses
+
+    with pytest.raises(TrainingDiverged, match=r"optimiser step 2 \(epoch 1\): the loss is nan"):
+        sft_train(tiny_llama(), random_examples(8), config(epochs=2, checkpoint_every=1), tmp_path,
+                  loss_hook=nan_from_the_third_micro_batch, progress=False)
+    assert json.loads((tmp_path / "checkpoint" / PROGRESS).read_text())["state"]["global_step"] == 1
+
+
+def test_a_constant_schedule_keeps_the_rate_and_bad_optimiser_names_are_refused(tmp_path):
+    result = sft_train(tiny_llama(), random_examples(8), config(epochs=2, warmup_steps=3, schedule="constant",
+                                                                optimizer="adam", max_grad_norm=0.0),
+                       tmp_path, progress=False)
+    assert [row["lr"] for row in result.log] == [1e-2] * 4
+    with pytest.raises(ValueError, match="optimizer"):
+        config(optimizer="sgd")
 
 
 # --- two processes ---------------------------------------------------------------------------------------------------

@@ -214,3 +214,56 @@ def test_an_allmrec_recipe_trains_both_stages_and_reports_the_candidate_protocol
     assert "## Candidate protocol (A-LLMRec)" in report and "| A-LLMRec |" in report
     with pytest.raises(RecipeError, match="allmrec needs a cf stage"):
         load_recipe(write(tmp_path, {**recipe, "cf": None}, "bad.yaml"))
+
+
+def test_an_auto_precision_run_records_the_resolved_one_and_prints_its_artefacts(tmp_path, monkeypatch):
+    from recalign import precision
+
+    monkeypatch.setattr(precision, "_gpu", lambda: None)  # a CPU without bf16 instructions
+    monkeypatch.setattr(precision, "cpu_info", lambda: precision.CPUInfo("AMD EPYC 7B12", frozenset({"avx2"})))
+    llm = {**SMALL["llm"], "recommender": {**SMALL["llm"]["recommender"], "precision": "auto"},
+           "train": {**SMALL["llm"]["train"], "precision": "auto"}, "max_train_rows": 8}
+    recipe_file = write(tmp_path, {**SMALL, "cf": None, "llm": llm})
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(recipe_file), "--run-dir", str(run), "--set", "eval.rows=3"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / "run.json").read_text())
+    assert record["overrides"] == ["eval.rows=3"]
+    llm_dir = run / record["stages"]["llm"]
+    stage = json.loads((llm_dir / "stage.json").read_text())
+    assert stage["settings"]["recommender"]["precision"] == "auto"
+    assert stage["outcome"]["precision"] == {"weights": "fp32", "training": "fp32"}
+    assert json.loads((llm_dir / "config.json").read_text())["recommender"]["precision"] == "fp32"
+    output = " ".join(result.output.split())  # rich may wrap long lines
+    assert f"dataset folder: {run / record['stages']['data'] / 'dataset'}" in output
+    assert f"LLM recommender: {llm_dir}" in output
+    report = (run / "report" / "report.md").read_text()
+    assert "Overrides (`--set`): `eval.rows=3`." in report
+    assert "Precision of the llm stage: weights fp32, training fp32 (resolved from `auto`" in report
+    assert "LLM training rows (one row per target): 8 training rows, 8 item targets" in report
+
+
+def test_a_packaged_recipe_run_as_packaged_records_this_machines_time(tmp_path, monkeypatch):
+    from recalign.pipeline import recipe as recipe_module
+    from recalign.pipeline.runtime import expected_time, measured_here
+
+    monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
+    assert expected_time(load_recipe("demo"), gpu=False) == (  # the packaged measurement
+        "about 8 min on this kind of machine (measured on AMD EPYC, 2 cores, no GPU, 2026-11-22)")
+    assert expected_time(load_recipe("demo"), gpu=True) == "not measured on a GPU machine (measured: 8 min on AMD " \
+        "EPYC, 2 cores, no GPU)"
+    monkeypatch.setattr(recipe_module, "PACKAGED", tmp_path / "packaged")
+    write(tmp_path / "packaged", {**SMALL, "llm": None}, "small.yaml")
+    assert expected_time(load_recipe("small"), gpu=False) == "not measured on a CPU-only machine"
+
+    changed = runner.invoke(app, ["run", "small", "--run-dir", str(tmp_path / "a"), "--set", "cf.train.epochs=1"])
+    assert changed.exit_code == 0, changed.output
+    assert measured_here("small") == []  # not the recipe as packaged
+    first = runner.invoke(app, ["run", "small", "--run-dir", str(tmp_path / "b")])
+    assert first.exit_code == 0, first.output
+    (measured,) = measured_here("small")
+    assert measured.gpu is False and 0 < measured.seconds < 120 and "cores, no GPU" in measured.machine
+    again = runner.invoke(app, ["run", "small", "--run-dir", str(tmp_path / "b")])  # every stage skipped
+    assert again.exit_code == 0 and measured_here("small") == [measured]
+    listing = runner.invoke(app, ["recipes"])
+    assert "measured on this machine" in listing.output and "small" in listing.output

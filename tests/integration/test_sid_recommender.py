@@ -151,7 +151,7 @@ def test_index_and_train_commands(tmp_path, monkeypatch):
     scored = runner.invoke(app, ["llm", "likelihood", "--data", str(data), "--model", str(out), "--max-rows", "5",
                                  "--json"])
     assert scored.exit_code == 0, scored.output
-    record = json.loads(scored.output)
+    record = json.loads(scored.stdout)
     loaded = LLMRecommender.from_pretrained(out, dataset)
     test = dataset.split("test").iloc[:5]
     expected = identifier_log_likelihood(loaded, [list(h) for h in test["history"]], list(test["target"]))

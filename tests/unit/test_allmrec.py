@@ -24,6 +24,7 @@ from recalign.align.allmrec_llm import (
     stage2_examples,
 )
 from recalign.cf import build_model
+from recalign.llm.hooks import hooked_embeddings
 from recalign.llm.recommender import LLMRecommender, RecommenderConfig
 from recalign.llm.train import SFTConfig, sft_train
 
@@ -160,8 +161,17 @@ def test_stage2_trains_the_projectors_only_and_decodes_candidates_only(soft_reco
     candidates = [4, 7, 1, 10, 11]
     groups = pick(recommender, [0, 2, 3], candidates, PromptWords(), True, num_beams=5)
     assert sorted(i for g in groups for i in g) == sorted(candidates)  # every candidate, nothing else
-    (first,) = pick(recommender, [0, 2, 3], candidates, PromptWords(), True)
-    assert set(first) <= set(candidates)
+    # oracle: every candidate's title + EOS scored by one forward pass over the hooked embeddings (length penalty 0)
+    prompt = encode(recommender, [0, 2, 3], candidates, PromptWords(), True)
+    scored = {}
+    for item in candidates:
+        tokens = recommender.index.tokens(item)
+        ids = torch.tensor([prompt + tokens])
+        embeds = hooked_embeddings(recommender.model, ids, hook, [((0, 2, 3), tuple(candidates))])
+        with torch.no_grad():
+            logp = torch.log_softmax(recommender.model(inputs_embeds=embeds).logits[0].float(), -1)
+        scored[item] = logp[len(prompt) - 1:-1].gather(1, torch.tensor(tokens)[:, None]).sum().item()
+    assert [g[0] for g in groups] == sorted(candidates, key=lambda c: -scored[c])
     saved = recommender.save_pretrained(tmp_path / "saved")
     loaded = LLMRecommender.from_pretrained(saved, dataset)
     assert loaded.config.finetune == "frozen" and isinstance(loaded.embedding_hook, ALLMRecHook)
@@ -190,3 +200,72 @@ def test_stage1_refuses_to_resume_another_run(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         train_stage1(cf, dataset, texts, Stage1Config(latent=4, epochs=2, batch_size=8, lr=1e-3), tmp_path,
                      progress=False)
+
+
+def small_dataset(rows, test_rows=None):
+    """A dataset from (user, history, target, timestamp) rows (the test split repeats the training rows unless
+    given)."""
+    import pandas as pd
+
+    from recalign.data.dataset import Dataset, item_table
+    from recalign.data.sequences import examples_from_lists
+
+    def table(rows):
+        users, histories, targets, times = zip(*rows)
+        return examples_from_lists([int(u) for u in users], [f"u{u}" for u in users], [list(h) for h in histories],
+                                   list(targets), list(times))
+
+    items = pd.DataFrame({"raw_id": [f"i{i}" for i in range(12)], "title": [f"t{i}" for i in range(12)]})
+    train = table(rows)
+    return Dataset(item_table(items), {"train": train, "valid": train.slice(0, 0), "test": table(test_rows or rows)})
+
+
+def test_train_rows_all_or_one_per_user_the_last_training_item():
+    from recalign.align.allmrec import training_frame, training_triples
+
+    dataset = small_dataset([(0, [1], 2, 10), (0, [1, 2], 3, 20), (1, [4, 5], 6, 5), (1, [4], 5, 5),
+                             (2, [7], 8, 1)])
+    assert training_frame(dataset, "all")["target"].tolist() == [2, 3, 6, 5, 8]
+    # user 0: the later timestamp; user 1: a tie in time, the longer history wins; rows stay in file order
+    assert training_frame(dataset, "last")["target"].tolist() == [3, 6, 8]
+    histories, positives, negatives = training_triples(dataset, seed=0, rows="last")
+    assert positives.tolist() == [3, 6, 8] and [h.tolist() for h in histories] == [[1, 2], [4, 5], [7]]
+    assert all(n not in (*h, p) for h, p, n in zip(histories, positives, negatives))
+    with pytest.raises(ValueError, match="train_rows"):
+        training_frame(dataset, "first")
+
+
+def test_stage2_trains_on_the_rows_asked_for(soft_recommender):
+    dataset, recommender = soft_recommender
+    frame = dataset.split("train")
+    every = stage2_examples(recommender, dataset, PromptWords(), True, 5, seed=0)
+    last = stage2_examples(recommender, dataset, PromptWords(), True, 5, seed=0, rows="last")
+    assert [e.item for e in every] == frame["target"].tolist()
+    longest = frame.loc[frame.groupby("user", sort=False)["history"].apply(lambda h: h.map(len).idxmax())]
+    assert [e.item for e in last] == longest["target"].tolist() and len(last) == frame["user"].nunique()
+    assert [list(e.history[0]) for e in last] == [list(h) for h in longest["history"]]
+
+
+def test_warm_and_cold_items_and_cold_users_by_hand():
+    from recalign.align.allmrec_llm import item_groups
+
+    # training counts: item 1: 4 users, item 2: 3, items 3-6: 1, items 0 and 7-11: 0; the 35% quantile of the
+    # 12 counts is 0 (cold: count <= 0), the 65% one 1 (warm: count >= 1 and not cold)
+    train = [(0, [1, 2], 3, 0), (1, [1, 2], 4, 0), (2, [1, 2], 5, 0), (3, [1], 6, 0)]
+    test = [(0, [1, 2, 3], 1, 1), (1, [1, 2, 4], 0, 1), (9, [2], 5, 1), (2, [5], 11, 1)]
+    groups = item_groups(small_dataset(train, test), "test", None)
+    assert groups["warm items"].tolist() == [True, False, True, False]
+    assert groups["cold items"].tolist() == [False, True, False, True]
+    assert groups["cold users"].tolist() == [False, False, True, False]  # user 9 has no training row
+    assert item_groups(small_dataset(train, test), "test", 2)["cold items"].tolist() == [False, True]
+
+
+def test_stage2_cf_dropout_keeps_the_cf_model_in_train_mode_only_while_training(soft_recommender):
+    _, recommender = soft_recommender
+    hook = recommender.embedding_hook
+    reference = ALLMRecHook(hook.cf_model, hook.joint, *(hook.config.user_token_id, hook.config.history_token_id,
+                                                         hook.config.candidate_token_id), hook.config.hidden_size,
+                            cf_dropout=True)
+    assert reference.train().cf_model.training and not reference.eval().cf_model.training
+    assert not hook.train().cf_model.training  # the default: eval mode throughout
+    hook.eval()

@@ -11,6 +11,7 @@ import torch
 from recalign.decode import BeamConfig, beam_search
 from recalign.decode.reference import generate_constrained
 from recalign.index import ItemIndex
+from recalign.llm.hooks import EmbeddingHook
 
 EOS, PAD, VOCAB = 2, 0, 48
 
@@ -77,14 +78,16 @@ def test_wide_beam_equals_exhaustive_scoring(length_penalty):
             assert sorted(got_items) == list(range(len(items)))  # every item, each once, all real
 
 
-def test_agrees_with_transformers_generate_with_prefix_allowed_tokens():
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0])
+def test_agrees_with_transformers_generate_with_prefix_allowed_tokens(length_penalty):
     model = peaked_llama(3)
     items = catalogue(4, 300)
     index = ItemIndex.from_sequences(items, EOS)
     batch = prompts(5, 6)
     for beams in (4, 10):
-        ours = beam_search(model, batch, index, BeamConfig(num_beams=beams, batch_size=4), pad_id=PAD)
-        theirs = generate_constrained(model, batch, index, beams, PAD)
+        ours = beam_search(model, batch, index, BeamConfig(num_beams=beams, batch_size=4,
+                                                           length_penalty=length_penalty), pad_id=PAD)
+        theirs = generate_constrained(model, batch, index, beams, PAD, length_penalty=length_penalty)
         for mine, reference in zip(ours, theirs):
             assert mine.leaves == reference.leaves
             assert mine.scores == pytest.approx(reference.scores, abs=1e-4)
@@ -100,3 +103,38 @@ def test_results_do_not_depend_on_batching():
     for a, b in zip(alone, together):
         assert a.leaves == b.leaves
         assert a.scores == pytest.approx(b.scores, abs=1e-4)
+
+
+class HistoryAtPlaceholder(EmbeddingHook):
+    """Writes a vector made from the row's history at every placeholder token (as CF soft tokens are)."""
+
+    placeholder = 3
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Embedding(VOCAB, 32)
+        torch.nn.init.normal_(self.table.weight, std=2.0)
+
+    def forward(self, embeds, input_ids, histories):
+        out = embeds.clone()
+        for row, history in enumerate(histories):
+            out[row, input_ids[row] == self.placeholder] = self.table(torch.tensor(list(history))).sum(0)
+        return out
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0])
+def test_an_embedding_hook_agrees_with_generate_from_the_same_inputs_embeds(length_penalty):
+    torch.manual_seed(9)
+    model, hook = peaked_llama(10), HistoryAtPlaceholder()
+    index = ItemIndex.from_sequences(catalogue(11, 200), EOS)
+    batch = [p[:2] + [HistoryAtPlaceholder.placeholder] + p[2:] for p in prompts(12, 5)]
+    histories = [[5 + u, 9 + 2 * u] for u in range(len(batch))]
+    config = BeamConfig(num_beams=6, batch_size=3, length_penalty=length_penalty)
+    ours = beam_search(model, batch, index, config, pad_id=PAD, embedding_hook=hook, histories=histories)
+    theirs = generate_constrained(model, batch, index, 6, PAD, length_penalty=length_penalty, embedding_hook=hook,
+                                  histories=histories)
+    for mine, reference in zip(ours, theirs):
+        assert mine.leaves == reference.leaves
+        assert mine.scores == pytest.approx(reference.scores, abs=1e-4)
+    plain = beam_search(model, batch, index, config, pad_id=PAD)
+    assert [r.leaves for r in plain] != [r.leaves for r in ours]  # the hook's vectors do reach the model

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from tests.conftest import N_ITEMS, rule_dataset
 from typer.testing import CliRunner
 
-from recalign.cf import CatalogueMismatch, TrainConfig, build_model, from_pretrained, train
+from recalign.cf import CatalogueMismatch, TrainConfig, TrainingDiverged, build_model, from_pretrained, train
 from recalign.cf.trainer import training_rows
 from recalign.cli import app
 from recalign.data.dataset import Dataset, item_table
@@ -142,3 +142,62 @@ def test_cli_trains_and_evaluates(tmp_path):
     assert {"HR@1", "HR@5", "HR@10", "HR@20", "NDCG@10"} <= set(report) and 0 <= report["NDCG@10"] <= 1
     bad = runner.invoke(app, ["cf", "eval", "--data", str(tmp_path / "data"), "--model-dir", str(tmp_path)])
     assert bad.exit_code == 1 and "no CF model" in bad.output
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_best_finite_epoch(tmp_path):
+    dataset = rule_dataset(with_valid=True)
+    model = small_sasrec()
+    real_loss, calls = model.loss, []
+
+    def loss_turning_nan(rows, generator):
+        calls.append(1)
+        loss = real_loss(rows, generator)
+        return loss * float("nan") if len(calls) > 1 else loss  # the second batch (epoch 2) diverges
+
+    model.loss = loss_turning_nan
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, batch 1: the loss is nan; the best finite epoch \(1\)"):
+        train(model, dataset, TrainConfig(epochs=5, batch_size=1000, patience=5), tmp_path, progress=False)
+    saved = load_file(tmp_path / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    assert torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)["state"]["epoch"] == 1
+
+
+def test_nan_validation_scores_stop_training_instead_of_being_selected(tmp_path):
+    dataset = rule_dataset(with_valid=True)
+    model = small_sasrec()
+    real_score, calls = model.score, []
+
+    def score_turning_nan(histories):
+        calls.append(1)
+        scores = real_score(histories)
+        return scores * np.nan if len(calls) > 1 else scores  # epoch 2's validation is NaN
+
+    model.score = score_turning_nan
+    with pytest.raises(TrainingDiverged, match=r"epoch 2: validation failed: .*NaN.*best finite epoch \(1\)"):
+        train(model, dataset, TrainConfig(epochs=5, batch_size=1000, patience=5), tmp_path, progress=False)
+
+
+def test_the_reference_presets_negatives_avoid_the_whole_row(monkeypatch):
+    import recalign.cf.base as base
+
+    drawn = []
+
+    def recording(*args):
+        drawn.append(sample_negatives(*args))
+        return drawn[-1]
+
+    sample_negatives = base.sample_negatives
+    monkeypatch.setattr(base, "sample_negatives", recording)
+    # shifted ids: history 1, 2, 3 and target 4 of a 5-item catalogue: item 5 is the only negative outside the row
+    rows = torch.tensor([[0, 1, 2, 3, 4]] * 50)
+    for preset, expected in (("tca4rec", {5}), ("allmrec", {5})):
+        model = build_model("sasrec", 5, preset=preset, max_len=4)
+        assert model.config.negatives_exclude_history
+        model.loss(rows, torch.Generator().manual_seed(0))
+        assert set(drawn[-1].tolist()) == expected
+    plain = build_model("sasrec", 5, loss="bce", positions="last", max_len=4)
+    plain.loss(rows, torch.Generator().manual_seed(0))
+    assert set(drawn[-1].tolist()) == {1, 2, 3, 5}  # only the target is avoided
+    with pytest.raises(ValueError, match="every catalogue item"):
+        build_model("sasrec", 4, preset="tca4rec", max_len=4).loss(torch.tensor([[0, 1, 2, 3, 4]]),
+                                                                      torch.Generator())

@@ -120,6 +120,23 @@ def test_frozen_injector_is_the_reference_bug_and_the_cf_model_stays_frozen():
     assert trained.user_mlp.training and not trained.cf_model.training  # CF dropout stays off
 
 
+
+def test_a_shared_mlp_is_the_references_one_module_for_users_and_items(tmp_path):
+    shared = CFFeatureInjector(cf_model(), USER, ITEM, HIDDEN, mlp_hidden=20, seed=1, shared_mlp=True)
+    assert {n for n, _ in shared.named_parameters() if not n.startswith("cf_model.")} == {
+        f"item_mlp.{layer}.{kind}" for layer in (0, 2) for kind in ("weight", "bias")}
+    ids = torch.tensor([[1, USER, 5, ITEM, 7]])
+    with torch.no_grad():
+        out = shared(torch.zeros(1, 5, HIDDEN), ids, [(4,)])
+        cf = shared.cf_model
+        torch.testing.assert_close(out[0, 1], shared.item_mlp(cf.user_vectors(cf.pad([np.array([4])])))[0])
+        torch.testing.assert_close(out[0, 3], shared.item_mlp(cf.item_embeddings())[4])
+    shared.cf_model.raw_ids = [f"i{i}" for i in range(N_ITEMS)]
+    loaded = CFFeatureInjector.from_pretrained(shared.save_pretrained(tmp_path), None)
+    assert loaded.config.shared_mlp and loaded.user_mlp is None
+    assert torch.equal(loaded(torch.zeros(1, 5, HIDDEN), ids, [(4,)]), out)
+
+
 # --- the SFT loop ----------------------------------------------------------------------------------------------
 
 def test_label_position_lm_with_a_hook_equals_the_lm_on_the_hooked_embeddings():

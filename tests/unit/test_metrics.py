@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from recalign.eval.metrics import (
+    NonFiniteScores,
     confidence_95,
     coverage,
     invalid_rate,
@@ -14,6 +15,7 @@ from recalign.eval.metrics import (
     ranks_from_lists,
     ranks_from_scores,
 )
+from recalign.eval.protocols import full_ranking_ranks, sampled_ranks
 
 
 def test_metrics_match_hand_computed_values():
@@ -71,3 +73,31 @@ def test_confidence_interval_is_the_binomial_normal_approximation():
 def test_empty_evaluation_is_refused():
     with pytest.raises(ValueError):
         ranking_metrics(np.array([]))
+
+
+def test_a_nan_score_is_refused_naming_its_rows_rather_than_ranked():
+    # before the fix: a NaN target ranked -1 (a hit with NDCG = inf); a NaN elsewhere never outranked the target
+    scores = np.array([[0.1, 0.5, 0.2], [np.nan, 0.5, 0.2], [0.3, 0.1, np.nan], [0.9, np.inf, 0.0]])
+    with pytest.raises(NonFiniteScores, match=r"3 row\(s\) \(1, 2, 3\)") as caught:
+        ranks_from_scores(scores, np.array([1, 0, 0, 0]))
+    assert caught.value.rows.tolist() == [1, 2, 3]
+    assert ranks_from_scores(scores[:1], np.array([1])).tolist() == [0]
+
+
+class NanForMarkedUsers:
+    """Scores 0..3; a NaN on item 1 for users whose history starts with 9."""
+
+    def score(self, histories):
+        scores = np.tile(np.arange(4, dtype=float), (len(histories), 1))
+        scores[[h[0] == 9 for h in histories], 1] = np.nan
+        return scores
+
+
+def test_protocols_name_the_scorer_and_the_splits_rows():
+    histories = [np.array([0]), np.array([0]), np.array([0]), np.array([0]), np.array([9]), np.array([0])]
+    targets = np.array([1, 2, 1, 1, 1, 1])
+    with pytest.raises(NonFiniteScores, match=r"NanForMarkedUsers gave NaN or \+inf scores in 1 row\(s\) \(4\)"):
+        full_ranking_ranks(NanForMarkedUsers(), histories, targets, batch_size=3)  # row 4 is in the second batch
+    with pytest.raises(NonFiniteScores, match="NanForMarkedUsers"):
+        sampled_ranks(NanForMarkedUsers(), histories, targets, n_items=4, n_negatives=2)
+    assert full_ranking_ranks(NanForMarkedUsers(), histories[:4], targets[:4]).tolist() == [2, 1, 2, 2]

@@ -120,7 +120,7 @@ def test_separator_rule_for_other_tokenizers():
 
 
 def test_unknown_template_lists_the_names():
-    with pytest.raises(KeyError, match="'nope'.*chat, minionerec, sequence, tca4rec"):
+    with pytest.raises(KeyError, match="'nope'.*chat, minionerec, minionerec-reference, sequence, tca4rec"):
         get_template("nope")
 
 
@@ -142,3 +142,28 @@ def test_a_template_can_come_from_a_json_file(tmp_path):
     (tmp_path / "bad.json").write_text('{"instruction": "x", "input_line": "{history}", "colour": "red"}')
     with pytest.raises(ValueError, match="bad.json: not a prompt template"):
         get_template(str(tmp_path / "bad.json"))
+
+
+ALPACA = ("Below is an instruction that describes a task, paired with an input that provides further context. Write a "
+          "response that appropriately completes the request. \n\n### Instruction:\n")
+
+
+def test_minionerec_reference_layout_is_the_references_bytes():
+    ours, reference = get_template("minionerec"), get_template("minionerec-reference")
+    body = ("Can you predict the next possible item that the user may expect?\n\n### User Input: \nThe user has "
+            "interacted with items <a_1><b_2>, <a_3><b_4> in chronological order. Can you predict the next possible "
+            "item that the user may expect?\n\n### Response:")
+    sids = ["<a_1><b_2>", "<a_3><b_4>"]
+    assert reference.text(sids) == ALPACA + body + "\n" and reference.target_suffix == "\n"
+    assert ours.text(sids) == ALPACA + body and ours.target_suffix == ""  # recalign's: the target follows directly
+
+
+def test_the_reference_layout_survives_a_json_round_trip(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(asdict(get_template("minionerec-reference"))))
+    loaded = get_template(str(path))
+    assert loaded.text(["<a_1>"]) == get_template("minionerec-reference").text(["<a_1>"])
+    assert loaded.block_separators == ("\n\n", "\n\n")

@@ -75,6 +75,12 @@ def test_collision_modes(data):
             own = [np.linalg.norm(residual[m] - codebook[codes[m, -1]]) for m in members]
             keeper = members[int(np.argmin(own))]
             assert sids[keeper][2] == kept[keeper][2]
+    final = [int(s[2][3:-1]) for s in sids]
+    for item, (old, new) in enumerate(zip(codes[:, 2], final)):
+        free = set(range(k)) - {final[j] for j in range(n) if tuple(codes[j, :2]) == tuple(codes[item, :2])}
+        if new != old and free:  # a moved item took the nearest code that was free when it moved
+            distance = np.linalg.norm(residual[item] - codebook, axis=1)
+            assert distance[new] <= distance[sorted(free)].min()
 
 
 def test_stats_by_hand():
@@ -124,3 +130,78 @@ def test_sid_index_needs_the_tokens_in_the_tokenizer():
     assert index.kind == "sid" and index.tokens(1) == [5, 7, 0]
     with pytest.raises(ValueError, match="not in the tokenizer"):
         sid_index([["<a_9>"]], Vocab())
+
+
+# --- the RQ-VAE's quantiser: loss, straight-through estimator, k-means initialisation, balancing -----------------
+
+def two_level_quantizer(beta=0.25):
+    from recalign.index.rqvae import ResidualQuantizer
+
+    quantizer = ResidualQuantizer(levels=2, codebook_size=3, dim=2, beta=beta)
+    quantizer.codebooks.data = torch.tensor([[[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]],
+                                             [[0.0, 0.0], [1.0, 0.0], [0.0, -1.0]]])
+    return quantizer
+
+
+def test_residual_quantisation_by_hand():
+    latent = torch.tensor([[4.8, 0.2], [0.3, 3.2]])
+    out, codes, loss, last = two_level_quantizer()(latent)
+    # level 0: nearest codes 1 and 2, residuals (0.8, 0.2), (0.3, -0.8); level 1: (1, 0) and (0, -1)
+    assert codes.tolist() == [[1, 1], [2, 2]]
+    torch.testing.assert_close(last, torch.tensor([[0.8, 0.2], [0.3, -0.8]]))
+    torch.testing.assert_close(out, torch.tensor([[5.0, 0.0], [0.0, 3.0]]))  # the sum of the chosen codewords
+    level0 = ((latent - torch.tensor([[4.0, 0.0], [0.0, 4.0]])) ** 2).mean()
+    level1 = ((last - torch.tensor([[1.0, 0.0], [0.0, -1.0]])) ** 2).mean()
+    torch.testing.assert_close(loss, 1.25 * (level0 + level1) / 2)  # (codebook + 0.25 commitment), mean of levels
+
+
+def test_rq_loss_moves_codewords_at_weight_one_and_the_encoder_at_beta():
+    latent = torch.tensor([[4.8, 0.2], [0.3, 3.2]], requires_grad=True)
+    quantizer = two_level_quantizer(beta=0.25)
+    _, codes, loss, _ = quantizer(latent)
+    loss.backward()
+    words = quantizer.codebooks.detach()
+    residual0 = latent.detach()
+    word0 = words[0][codes[:, 0]]
+    residual1 = residual0 - word0
+    word1 = words[1][codes[:, 1]]
+    n = latent.numel()
+    # d/de of ||sg(r) - e||^2 / n, halved by the mean over two levels: the codebook term carries weight 1
+    expected_codebook = torch.zeros_like(words)
+    expected_codebook[0][codes[:, 0]] += (word0 - residual0) * 2 / n / 2
+    expected_codebook[1][codes[:, 1]] += (word1 - residual1) * 2 / n / 2
+    torch.testing.assert_close(quantizer.codebooks.grad, expected_codebook)
+    # the encoder gets beta of both levels' commitment (level 1's residual subtracts a detached codeword)
+    expected_latent = 0.25 * ((residual0 - word0) + (residual1 - word1)) * 2 / n / 2
+    torch.testing.assert_close(latent.grad, expected_latent)
+
+
+def test_the_straight_through_estimator_passes_the_decoders_gradient_unchanged():
+    latent = torch.tensor([[4.8, 0.2], [0.3, 3.2]], requires_grad=True)
+    out, _, _, _ = two_level_quantizer()(latent)
+    weights = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    (out * weights).sum().backward()
+    torch.testing.assert_close(latent.grad, weights)
+
+
+def test_kmeans_initialisation_fits_each_level_on_the_previous_levels_residuals():
+    from recalign.index.rqvae import ResidualQuantizer, kmeans
+
+    latent = torch.from_numpy(clustered(n=120, clusters=5, dim=4))
+    quantizer = ResidualQuantizer(levels=2, codebook_size=5, dim=4, beta=0.25)
+    quantizer.init_from(latent, seed=3)
+    first, labels = kmeans(latent.numpy(), 5, 3)
+    second, _ = kmeans(latent.numpy() - first[labels], 5, 4)
+    np.testing.assert_allclose(quantizer.codebooks[0].detach().numpy(), first)
+    np.testing.assert_allclose(quantizer.codebooks[1].detach().numpy(), second)
+    assert bool(quantizer.initialised)
+
+
+def test_balance_moves_the_farther_member_to_the_nearest_free_code():
+    codes = np.array([[0, 0, 0], [0, 0, 0], [0, 0, 1], [1, 0, 0]])
+    codebook = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [9.0, 0.0]])
+    residual = np.array([[0.1, 0.0], [1.6, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    sids, done = resolve_collisions(codes, "balance", residual, codebook)
+    # item 1 is farther from code 0 than item 0; code 1 is taken under (0, 0), so the nearest free one is 2, not 3
+    assert [s[2] for s in sids] == ["<c_0>", "<c_2>", "<c_1>", "<c_0>"]
+    assert done["moved"] == 1 and all(len(s) == 3 for s in sids)

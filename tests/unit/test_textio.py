@@ -1,9 +1,11 @@
 import gzip
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recalign.data.problems import DataError, Repairs
-from recalign.data.textio import clean_title, iter_lines, parse_int, parse_list, read_csv
+from recalign.data.textio import clean_title, iter_lines, parse_int, parse_list, read_csv, unix_seconds
 
 
 def test_undecodable_bytes_are_an_error_naming_the_line_or_a_counted_repair(tmp_path):
@@ -64,3 +66,15 @@ def test_title_cleaning():
 def test_repairs_refuse_undocumented_kinds():
     with pytest.raises(KeyError):
         Repairs().add("silently_fixed")
+
+
+def test_unix_seconds_detects_milliseconds_refuses_the_rest_and_counts_fractions():
+    rows = np.array([2, 3, 4])
+    repairs = Repairs()
+    assert unix_seconds(np.array([1.5, np.nan, 7.0]), rows, Path("f.csv"), "t", repairs).tolist() == [1, -1, 7]
+    assert repairs.count("fractional_timestamp") == 1 and not repairs.count("millisecond_timestamps")
+    ms = unix_seconds(np.array([1e12, 1e12 + 999, np.nan]), rows, Path("f.csv"), "t", repairs)
+    assert ms.tolist() == [10 ** 9, 10 ** 9, -1] and repairs.count("millisecond_timestamps") == 2
+    for values, row in (([1e9, 1e12, 1e9], 3), ([1e14, 1e14, 1e14], 2), ([np.inf, 1.0, 2.0], 2)):
+        with pytest.raises(DataError, match=rf"f.csv, row {row}, field 't'"):
+            unix_seconds(np.array(values), rows, Path("f.csv"), "t", Repairs())

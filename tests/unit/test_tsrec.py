@@ -72,7 +72,14 @@ def test_the_recommender_keeps_the_initialised_rows_and_trains_them_under_lora(t
                                         token_init=lambda m, t, new: sa_init(m, t, semantics, new))
     row = recommender.added_rows["<a_1>"]["input"]
     ids = recommender.tokenizer("garden tools", add_special_tokens=False).input_ids
-    assert torch.allclose(row.norm(), recommender.model.get_input_embeddings().weight.norm(dim=1).mean(), rtol=0.05)
+    # oracle: the same backbone resized the same way, then the keyword mean rescaled to the mean row norm by hand
+    fresh, fresh_tokenizer = load_backbone(str(tmp_path / "backbone"), "fp32")
+    add_sid_tokens(fresh, fresh_tokenizer, rule_sids(dataset).sids, config.seed)
+    table = fresh.get_input_embeddings().weight.detach()
+    mean = table[ids].mean(dim=0)
+    torch.testing.assert_close(row, mean * table.norm(dim=1).mean() / (mean.norm() + 1e-6))
+    untouched = recommender.added_rows["<a_2>"]["input"]  # no keywords: transformers' mean resizing
+    torch.testing.assert_close(untouched, table[fresh_tokenizer.convert_tokens_to_ids("<a_2>")])
     trainable = [n for n, p in recommender.model.named_parameters() if p.requires_grad]
     assert any("trainable_tokens" in n for n in trainable) and any("lora_" in n for n in trainable)
     assert ids  # the keywords are real text
@@ -129,6 +136,29 @@ def test_sid_task_mix_and_its_proportional_budget():
     with pytest.raises(ValueError, match="title recommender"):
         task_examples(LLMRecommender.create(dataset, RecommenderConfig(backbone="tiny", precision="fp32")),
                       dataset, "train", ("next_item", "next_title"))
+
+
+def test_the_reference_layout_ends_prompts_and_targets_with_a_newline():
+    dataset = rule_dataset()
+    config = RecommenderConfig(backbone="tiny", precision="fp32", finetune="full", prompt="minionerec-reference",
+                               identifier="sid", max_history=3)
+    recommender = LLMRecommender.create(dataset, config, sids=rule_sids(dataset))
+    tokenizer, eos = recommender.tokenizer, recommender.tokenizer.eos_token_id
+    newline = tokenizer("\n", add_special_tokens=False).input_ids
+    sid = [tokenizer.convert_tokens_to_ids(t) for t in rule_sids(dataset).sids[5]]
+    assert recommender.index.tokens(5) == sid + newline + [eos]  # "<a_1><b_1>\n" then EOS, as the reference's
+    tasks = task_examples(recommender, dataset, "train", SID_TASKS, max_rows=2)
+    for name, examples in tasks.items():
+        assert tokenizer.decode(examples[0].prompt_ids).endswith("### Response:\n"), name
+        assert examples[0].target_ids[-1 - len(newline):] == newline + [eos], name
+    assert tasks["sid_to_title"][5].target_ids == tokenizer("t5\n", add_special_tokens=False).input_ids + [eos]
+    semantics = {"<b_1>": TokenSemantics("<b_1>", "Hats.", ["hat"])}
+    forward, backward = ts_align_examples(tokenizer, semantics, ["<b_1>"], reference=True)
+    prompt = tokenizer.decode(forward.prompt_ids)
+    # the reference's TS-Align block: one newline after the instruction, not a blank line
+    assert "token identification.\n### User Input: \nWhat is the typical" in prompt
+    assert prompt.endswith("<b_1>?\n\n### Response:\n")
+    assert backward.target_ids == [tokenizer.convert_tokens_to_ids("<b_1>"), *newline, eos]
 
 
 def test_token_semantics_sources(tmp_path):

@@ -19,6 +19,15 @@ sentence-transformers model with the rest, as the paper does.
 
 The joint item embedding is enc_I(E_i) for items the CF model saw in training, and enc_T(Q_i) for the others (the
 paper's cold-item path, which the official code lacks).
+
+Training rows (``train_rows``, stages 1 and 2): ``all`` (default) learns from every training row, the paper's
+"A-LLMRec_all" variant (its Table 10: slower, slightly better); ``last`` takes one row per user, the one whose target
+is the user's last training item, as the paper's A-LLMRec and the official code do.
+
+Text input (``text_input``): ``unit`` (default) embeds ``title. description[:1000]`` and L2-normalises it;
+``reference`` embeds ``title, description`` as the official code does and keeps the raw mean-pooled vector (the
+encoder's Normalize layer left out), so the text-reconstruction term has the official scale (with unit vectors it
+is about 1/dim of it).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from ..cf.base import CFModel
 WEIGHTS = "alignment.safetensors"
 CONFIG = "alignment.json"
 REC_SCORES = ("mean", "dot")
+TRAIN_ROWS = ("all", "last")
+TEXT_INPUTS = ("unit", "reference")
 
 
 @dataclass
@@ -54,10 +65,13 @@ class Stage1Config:
     cf_dropout: bool = False  # True: the official code's CF model in train mode (dropout on x_u)
     finetune_text: bool = False  # train the sentence encoder too (slow on CPU)
     seed: int = 0
+    train_rows: str = "all"  # "all": every training row (A-LLMRec_all); "last": one per user (the reference)
+    text_input: str = "unit"  # "unit": L2-normalised title. description; "reference": raw title, description
 
     def __post_init__(self) -> None:
-        if self.rec_score not in REC_SCORES:
-            raise ValueError(f"rec_score must be one of {', '.join(REC_SCORES)}, not {self.rec_score!r}")
+        for name, allowed in (("rec_score", REC_SCORES), ("train_rows", TRAIN_ROWS), ("text_input", TEXT_INPUTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
 
 
 class AlignmentNetwork(nn.Module):
@@ -134,10 +148,23 @@ def interaction_counts(dataset) -> np.ndarray:
     return counts
 
 
-def training_triples(dataset, seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """(histories, positives, negatives) of the training rows: the row's target is the positive, the negative a
-    uniform item outside the history and the target (fresh per call: per epoch)."""
+def training_frame(dataset, rows: str = "all"):
+    """The training rows the two stages learn from: ``all``, or ``last`` (per user, the row of its last training
+    target: latest timestamp, then longest history, then file order)."""
+    if rows not in TRAIN_ROWS:
+        raise ValueError(f"train_rows must be one of {', '.join(TRAIN_ROWS)}, not {rows!r}")
     frame = dataset.split("train")
+    if rows == "all":
+        return frame
+    ordered = frame.assign(_length=frame["history"].map(len), _row=np.arange(len(frame)))
+    last = ordered.sort_values(["timestamp", "_length", "_row"], kind="stable").groupby("user", sort=False).tail(1)
+    return frame.loc[last.sort_values("_row").index]
+
+
+def training_triples(dataset, seed: int, rows: str = "all") -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(histories, positives, negatives) of the training rows (``training_frame``): the row's target is the
+    positive, the negative a uniform item outside the history and the target (fresh per call: per epoch)."""
+    frame = training_frame(dataset, rows)
     rng = np.random.default_rng(seed)
     histories = [np.asarray(h, dtype=np.int64) for h in frame["history"]]
     positives = frame["target"].to_numpy().astype(np.int64)
@@ -175,7 +202,11 @@ def train_stage1(cf_model: CFModel, dataset, text_embeddings: np.ndarray, config
                  "text": float(text_table.double().sum()), "n_items": dataset.n_items}
     start, log = 0, []
     if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+        try:
+            state = torch.load(state_path, weights_only=False)
+        except Exception as exc:  # truncated or overwritten: torch.load raises many kinds (EOFError, RuntimeError)
+            raise ValueError(f"cannot resume from {state_path}: the file is unreadable ({exc}); delete it to "
+                             "start afresh") from exc
         if state.get("signature") != signature:
             raise ValueError(f"{state_path} was trained with other settings, CF model or texts; use another "
                              "output folder (or delete the checkpoint)")
@@ -185,7 +216,7 @@ def train_stage1(cf_model: CFModel, dataset, text_embeddings: np.ndarray, config
             text_encoder.load_state_dict(state["text_encoder"])
         start, log = state["epoch"], state["log"]
     for epoch in range(start, config.epochs):
-        histories, positives, negatives = training_triples(dataset, config.seed + epoch)
+        histories, positives, negatives = training_triples(dataset, config.seed + epoch, config.train_rows)
         order = np.random.default_rng(config.seed + epoch).permutation(len(positives))
         sums, batches = {}, 0
         for batch in tqdm(np.array_split(order, max(1, len(order) // config.batch_size)),
@@ -194,7 +225,8 @@ def train_stage1(cf_model: CFModel, dataset, text_embeddings: np.ndarray, config
                 user = cf_model.user_vectors(cf_model.pad([histories[i] for i in batch])).float()
             pos, neg = torch.from_numpy(positives[batch]), torch.from_numpy(negatives[batch])
             if config.finetune_text:
-                q_pos, q_neg = (_encode(text_encoder, [texts[int(i)] for i in items]) for items in (pos, neg))
+                q_pos, q_neg = (_encode(text_encoder, [texts[int(i)] for i in items], config.text_input == "unit")
+                                for items in (pos, neg))
             else:
                 q_pos, q_neg = text_table[pos], text_table[neg]
             losses = network.losses(user, cf_items[pos], cf_items[neg], q_pos, q_neg)
@@ -202,7 +234,7 @@ def train_stage1(cf_model: CFModel, dataset, text_embeddings: np.ndarray, config
             losses["total"].backward()
             optimiser.step()
             for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
+                sums[name] = sums.get(name, 0.0) + value.item()  # float() of a graph tensor warns
             batches += 1
         log.append({"epoch": epoch + 1, **{name: value / batches for name, value in sums.items()}})
         out.mkdir(parents=True, exist_ok=True)
@@ -216,30 +248,29 @@ def train_stage1(cf_model: CFModel, dataset, text_embeddings: np.ndarray, config
     return network.eval(), log
 
 
-def _encode(text_encoder, texts: list[str]) -> torch.Tensor:
-    features = text_encoder.tokenize(texts)
-    return F.normalize(text_encoder(features)["sentence_embedding"], dim=-1)
+def _encode(text_encoder, texts: list[str], normalise: bool) -> torch.Tensor:
+    vectors = text_encoder(text_encoder.tokenize(texts))["sentence_embedding"]
+    return F.normalize(vectors, dim=-1) if normalise else vectors
 
 
 def run_stage1(cf_model: CFModel, dataset, config: Stage1Config, out: str | Path, embedder: str,
                progress: bool = True) -> tuple[AlignmentNetwork, list[dict], np.ndarray]:
     """Stage 1 end to end: item texts embedded (cached), the network trained, and the joint embedding of every
     item (text path for items without a training interaction) saved with it in ``out`` (``joint.npy``)."""
-    from ..index.text import encoder_source, item_texts, text_embeddings
+    from ..index.text import item_texts, load_encoder, text_embeddings
 
     out = Path(out)
-    texts = item_texts(dataset)
-    embeddings = text_embeddings(texts, embedder, progress=progress)
+    normalise = config.text_input == "unit"
+    texts = item_texts(dataset) if normalise else item_texts(dataset, separator=", ", max_description=None)
+    embeddings = text_embeddings(texts, embedder, progress=progress, normalise=normalise)
     encoder = None
     if config.finetune_text:
-        from sentence_transformers import SentenceTransformer
-
-        encoder = SentenceTransformer(encoder_source(embedder), device="cpu")  # beside the alignment network
+        encoder = load_encoder(embedder, "cpu", normalise)  # beside the alignment network
         encoder.train()  # its dropout on while it trains, as the paper's SBERT
     network, log = train_stage1(cf_model, dataset, embeddings, config, out, encoder, texts, progress)
     if config.finetune_text:  # the cold path reads the fine-tuned encoder
         encoder.save(str(out / "text_encoder"))
-        embeddings = encoder.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+        embeddings = encoder.encode(texts, normalize_embeddings=normalise, convert_to_numpy=True).astype(np.float32)
     warm = interaction_counts(dataset) > 0
     joint = network.joint_embeddings(cf_model.item_embeddings().float(), torch.from_numpy(embeddings),
                                      torch.from_numpy(warm)).numpy()

@@ -7,9 +7,11 @@ target is the next item's title (its identifier in the title index) and EOS. ``A
 placeholders' input embeddings: ``[UserRep]`` with F_U(x_u) (x_u the frozen CF model's user vector of the
 history), each item placeholder with F_I(e_i) (e_i the stage-1 joint embedding: enc_I of the CF item embedding for
 items the CF model saw, enc_T of the text embedding for the others). F_U = Linear -> LayerNorm -> LeakyReLU ->
-Linear, F_I = Linear -> LayerNorm -> GELU -> Linear; only they train, the LLM is frozen.
+Linear, F_I = Linear -> LayerNorm -> GELU -> Linear; only they train, the LLM is frozen. The CF model is in eval
+mode; ``cf_dropout`` keeps it in train mode while the projectors train (dropout on x_u), as the official code.
 
-The *LLM-only* baseline uses the same prompt without any soft token and LoRA-tunes the LLM (TALLRec-like).
+Two baselines use the same prompt without any soft token: the paper's *LLM-only* is the LLM zero-shot
+(``finetune="frozen"``: nothing trains), and a TALLRec-like one LoRA-tunes the LLM (``finetune="lora"``).
 
 Candidates: the target and ``n_candidates - 1`` items sampled uniformly among those outside the history (fresh per
 epoch in training, seeded in evaluation), shuffled; or, for a full-catalogue protocol, the CF model's top items
@@ -100,6 +102,7 @@ class ProjectorConfig:
     hidden_size: int
     max_history: int = 10
     seed: int = 0
+    cf_dropout: bool = False  # the CF model in train mode while the projectors train (the official code)
 
 
 class ALLMRecHook(EmbeddingHook):
@@ -109,10 +112,11 @@ class ALLMRecHook(EmbeddingHook):
     reads all of it; the prompt shows the last ``max_history``) and the candidates in prompt order."""
 
     def __init__(self, cf_model: CFModel, joint: torch.Tensor, user_token_id: int, history_token_id: int,
-                 candidate_token_id: int, hidden_size: int, max_history: int = 10, seed: int = 0):
+                 candidate_token_id: int, hidden_size: int, max_history: int = 10, seed: int = 0,
+                 cf_dropout: bool = False):
         super().__init__()
         self.config = ProjectorConfig(user_token_id, history_token_id, candidate_token_id, hidden_size, max_history,
-                                      seed)
+                                      seed, cf_dropout)
         self.cf_model = cf_model.eval().requires_grad_(False)
         self.register_buffer("joint", joint.float())
         with torch.no_grad():
@@ -123,7 +127,7 @@ class ALLMRecHook(EmbeddingHook):
 
     def train(self, mode: bool = True) -> ALLMRecHook:
         super().train(mode)
-        self.cf_model.eval()
+        self.cf_model.train(mode and self.config.cf_dropout)
         return self
 
     def shown(self, history: Sequence[int]) -> list[int]:
@@ -195,10 +199,13 @@ def encode(recommender, history: Sequence[int], candidates: Sequence[int], words
 
 
 def stage2_examples(recommender, dataset, words: PromptWords, soft_tokens: bool, n_candidates: int, seed: int,
-                    max_rows: int | None = None) -> list[SFTExample]:
-    """Training rows: prompt with sampled candidates (seeded by ``seed``, so fresh per epoch when it is), target
-    = the target's title identifier and EOS."""
-    frame = dataset.split("train")
+                    max_rows: int | None = None, rows: str = "all") -> list[SFTExample]:
+    """Training rows (``rows``: all, or the last per user; see ``allmrec.training_frame``): prompt with sampled
+    candidates (seeded by ``seed``, so fresh per epoch when it is), target = the target's title identifier and
+    EOS."""
+    from .allmrec import training_frame
+
+    frame = training_frame(dataset, rows)
     if max_rows is not None:
         frame = frame.iloc[:max_rows]
     rng = np.random.default_rng(seed)
@@ -294,7 +301,7 @@ def item_groups(dataset, split: str, max_rows: int | None, warm_share: float = 0
 RECORD = "allmrec.json"
 
 
-def create_stage2(dataset, cf_model: CFModel, joint: np.ndarray | None, config):
+def create_stage2(dataset, cf_model: CFModel, joint: np.ndarray | None, config, cf_dropout: bool = False):
     """A recommender for stage 2: with ``joint`` (stage 1's joint embeddings) A-LLMRec's frozen LLM with the soft
     tokens and the projectors; without, the LLM-only baseline (``config.finetune`` decides how the LLM trains)."""
     from ..llm.recommender import LLMRecommender
@@ -306,26 +313,37 @@ def create_stage2(dataset, cf_model: CFModel, joint: np.ndarray | None, config):
         ids = recommender.add_special_tokens(list(SOFT_TOKENS))
         hidden = recommender.model.get_input_embeddings().embedding_dim
         recommender.feature_injector = ALLMRecHook(cf_model, torch.as_tensor(joint), *ids, hidden, config.max_history,
-                                                   config.seed)
+                                                   config.seed, cf_dropout)
     return recommender
 
 
+def variant(soft_tokens: bool, finetune: str) -> str:
+    """The name results go under: A-LLMRec, or one of the two prompt-only baselines."""
+    if soft_tokens:
+        return "A-LLMRec"
+    return "LLM-only (zero-shot)" if finetune == "frozen" else f"LLM-only ({finetune}, TALLRec-like)"
+
+
 def train_stage2(recommender, dataset, sft, out: str | Path, words: PromptWords, n_candidates: int = 20,
-                 epochs: int = 1, max_rows: int | None = None, resume: bool = False, progress: bool = True):
+                 epochs: int = 1, max_rows: int | None = None, resume: bool = False, progress: bool = True,
+                 rows: str = "all"):
     """Trains on prompts with sampled candidates (fresh negatives per epoch: ``sft`` runs one pass over all
     epochs' prompts), saves the recommender and ``allmrec.json`` in ``out``; returns the SFT result and the
-    number of prompts."""
+    number of prompts. The zero-shot baseline (no soft tokens, a frozen LLM) trains nothing: (None, 0)."""
     from ..llm.train import sft_train
 
     out = Path(out)
     soft = recommender.embedding_hook is not None
-    examples = [e for epoch in range(epochs) for e in
-                stage2_examples(recommender, dataset, words, soft, n_candidates, sft.seed + epoch, max_rows)]
-    result = sft_train(recommender.model, examples, sft, out / "train", resume=resume, progress=progress,
-                       pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
+    name = variant(soft, recommender.config.finetune)
+    result, examples = None, []
+    if name != "LLM-only (zero-shot)":
+        examples = [e for epoch in range(epochs) for e in stage2_examples(
+            recommender, dataset, words, soft, n_candidates, sft.seed + epoch, max_rows, rows)]
+        result = sft_train(recommender.model, examples, sft, out / "train", resume=resume, progress=progress,
+                           pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
     recommender.save_pretrained(out)
-    (out / RECORD).write_text(json.dumps({"soft_tokens": soft, "n_candidates": n_candidates,
-                                          "words": asdict(words)}, indent=2) + "\n")
+    (out / RECORD).write_text(json.dumps({"soft_tokens": soft, "variant": name, "n_candidates": n_candidates,
+                                          "train_rows": rows, "words": asdict(words)}, indent=2) + "\n")
     return result, len(examples)
 
 
@@ -347,7 +365,7 @@ def evaluate_candidates(dataset, split: str = "test", protocol: str = "sampled",
     (ties pessimistic)."""
     from tqdm.auto import tqdm
 
-    from ..eval.metrics import half_width_95
+    from ..eval.metrics import half_width_95, ranks_from_scores
 
     sets = candidate_sets(dataset, split, protocol, n_candidates, seed, rows, cf_model)
     frame = dataset.split(split).iloc[:rows]
@@ -364,7 +382,7 @@ def evaluate_candidates(dataset, split: str = "test", protocol: str = "sampled",
                                                 record["soft_tokens"])
         elif target in candidates:  # pessimistic: a candidate scoring as high as the target ranks first
             scores = cf_model.score([np.asarray(history, dtype=np.int64)])[0][candidates]
-            hits[row] = int((scores >= scores[candidates.index(target)]).sum()) == 1
+            hits[row] = ranks_from_scores(scores[None], np.array([candidates.index(target)]))[0] == 0
     result = {"protocol": protocol, "split": split, "n_candidates": n_candidates, "seed": seed, "groups": {}}
     for name, mask in item_groups(dataset, split, rows).items():
         values = hits[mask].astype(float)

@@ -11,8 +11,10 @@ search) overwrites their input embeddings:
   (the last ``max_history`` items, oldest first), E the CF model's item embeddings.
 
 Each MLP is the reference's Linear(cf dim -> 320) -> ReLU -> Linear(320 -> LLM hidden), in float32; its output
-is cast to the embeddings' dtype. Every other row stays bit-identical. Validation: a row holds at most one
-``[UserEmb]``, and exactly as many ``[ItemEmb]`` as history items shown.
+is cast to the embeddings' dtype. The reference uses *one* MLP for users and items; recalign's default gives each
+its own, and ``shared_mlp=True`` (``--feature-shared-mlp``) is the reference's single one. Every other row stays
+bit-identical. Validation: a row holds at most one ``[UserEmb]``, and exactly as many ``[ItemEmb]`` as history
+items shown.
 
 **The reference's oddity** (§5, §9.10): its optimiser only collects the PEFT model's parameters, so the MLPs are
 never trained and stay at their random initialisation. ``trainable=False`` reproduces this (random init from
@@ -54,6 +56,7 @@ class InjectorConfig:
     max_history: int | None = None  # history items written into the prompt (the most recent); None = all
     mlp_hidden: int = 320  # the reference's Linear(64 -> 320) -> ReLU -> Linear(320 -> d_model)
     seed: int = 0  # the MLPs' initialisation
+    shared_mlp: bool = False  # one MLP for users and items (the reference); the default gives each its own
 
 
 def feature_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -65,7 +68,8 @@ class CFFeatureInjector(EmbeddingHook):
     ``[ItemEmb]`` (see the module docstring). The CF model is a frozen submodule kept in eval mode."""
 
     def __init__(self, cf_model: CFModel, user_token_id: int | None, item_token_id: int | None, hidden_size: int,
-                 trainable: bool = True, max_history: int | None = None, mlp_hidden: int = 320, seed: int = 0):
+                 trainable: bool = True, max_history: int | None = None, mlp_hidden: int = 320, seed: int = 0,
+                 shared_mlp: bool = False):
         super().__init__()
         if user_token_id is None and item_token_id is None:
             raise ValueError("a feature injector needs a user or an item placeholder token")
@@ -74,20 +78,26 @@ class CFFeatureInjector(EmbeddingHook):
         if max_history is not None and max_history < 0:
             raise ValueError(f"max_history must be >= 0, not {max_history}")
         self.config = InjectorConfig(user_token_id, item_token_id, hidden_size, trainable, max_history, mlp_hidden,
-                                     seed)
+                                     seed, shared_mlp)
         self.cf_model = cf_model.eval().requires_grad_(False)
         with torch.no_grad():
             user_dim = cf_model.user_vectors(cf_model.pad([np.zeros(1, dtype=np.int64)]).to(self._cf_device)).shape[-1]
             item_dim = cf_model.item_embeddings().shape[-1]
         # the caller's random stream (data order, LoRA dropout) is left as it would be without features
+        if shared_mlp and user_dim != item_dim:
+            raise ValueError(f"a shared MLP needs CF user and item vectors of one size, not {user_dim} and {item_dim}")
         with seeded_draws(seed):
-            self.user_mlp = feature_mlp(user_dim, mlp_hidden, hidden_size)
+            # registered once when shared: the one MLP is saved, optimised and checkpointed as one module
+            self.user_mlp = None if shared_mlp else feature_mlp(user_dim, mlp_hidden, hidden_size)
             self.item_mlp = feature_mlp(item_dim, mlp_hidden, hidden_size)
-        self.user_mlp.to(self._cf_device)
-        self.item_mlp.to(self._cf_device)
+        self.to(self._cf_device)
         if not trainable:  # the reference's optimiser never sees its MLP (§5): random init, never updated
-            self.user_mlp.requires_grad_(False)
             self.item_mlp.requires_grad_(False)
+            self.user_projection.requires_grad_(False)
+
+    @property
+    def user_projection(self) -> nn.Module:
+        return self.item_mlp if self.user_mlp is None else self.user_mlp
 
     @property
     def _cf_device(self) -> torch.device:
@@ -147,7 +157,7 @@ class CFFeatureInjector(EmbeddingHook):
                     features = self.cf_model.user_vectors(self.cf_model.pad(picked).to(device)).float()
                 rows.append(user_rows)
                 cols.append(user_cols)
-                values.append(self.user_mlp(features))
+                values.append(self.user_projection(features))
         return overwrite_rows(embeds, rows, cols, values)
 
     # persistence --------------------------------------------------------------------------------------------
@@ -159,7 +169,7 @@ class CFFeatureInjector(EmbeddingHook):
         The recommender's config decides whether the MLPs train, how many history items the prompt shows and
         the seed of their initialisation."""
         return cls(cf_model, user_token_id, item_token_id, hidden_size, trainable=not config.feature_frozen,
-                   max_history=config.max_history, seed=config.seed)
+                   max_history=config.max_history, seed=config.seed, shared_mlp=config.feature_shared_mlp)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """``feature_injector.safetensors`` (the MLPs), ``feature_injector.json`` (the config) and ``cf/`` (the CF

@@ -40,6 +40,10 @@ TOKEN_TO_DESCRIPTION = alpaca(
 DESCRIPTION_TO_TOKEN = alpaca(
     "description-to-token", "Answer the question about item Semantic ID token identification.",
     'What token do the items that have the following scope and shared characteristics contain: "{history}"?')
+# the reference's bytes: its TS-Align instruction block ends with one newline, not the other tasks' blank line
+TOKEN_TO_DESCRIPTION_REFERENCE, DESCRIPTION_TO_TOKEN_REFERENCE = (
+    alpaca(t.name, t.instruction.rsplit("\n", 1)[1], t.input_line.split("\n", 1)[1], reference=True,
+           short_instruction=True) for t in (TOKEN_TO_DESCRIPTION, DESCRIPTION_TO_TOKEN))
 
 
 @dataclass
@@ -193,23 +197,30 @@ def sa_init_hook(semantics: dict[str, TokenSemantics], log=None):
     return token_init
 
 
-def ts_align_examples(tokenizer, semantics: dict[str, TokenSemantics], tokens: list[str]) -> list[SFTExample]:
-    """Token -> description and description -> token, for each of ``tokens`` that has a description."""
+def ts_align_examples(tokenizer, semantics: dict[str, TokenSemantics], tokens: list[str],
+                      reference: bool = False) -> list[SFTExample]:
+    """Token -> description and description -> token, for each of ``tokens`` that has a description;
+    ``reference``: the reference's bytes (a single newline after the instruction, ``### Response:\n``, targets
+    ending "\n")."""
     examples = []
     eos = int(tokenizer.eos_token_id)
+    to_description, to_token, suffix = TOKEN_TO_DESCRIPTION, DESCRIPTION_TO_TOKEN, ""
+    if reference:
+        to_description, to_token, suffix = TOKEN_TO_DESCRIPTION_REFERENCE, DESCRIPTION_TO_TOKEN_REFERENCE, "\n"
+    newline = list(tokenizer(suffix, add_special_tokens=False).input_ids) if suffix else []
     for token in tokens:
         entry = semantics.get(token)
         if entry is None or not entry.description:
             continue
-        examples.append(SFTExample(encode_prompt(tokenizer, TOKEN_TO_DESCRIPTION, [token]),
-                                   text_target(tokenizer, entry.description)))
-        examples.append(SFTExample(encode_prompt(tokenizer, DESCRIPTION_TO_TOKEN, [entry.description]),
-                                   [int(tokenizer.convert_tokens_to_ids(token)), eos]))
+        examples.append(SFTExample(encode_prompt(tokenizer, to_description, [token]),
+                                   text_target(tokenizer, entry.description, suffix)))
+        examples.append(SFTExample(encode_prompt(tokenizer, to_token, [entry.description]),
+                                   [int(tokenizer.convert_tokens_to_ids(token)), *newline, eos]))
     return examples
 
 
 def load_semantics(source: str, sids: list[list[str]], titles: list[str], teacher: str = "smollm2-135m",
-                   precision: str = "bf16", progress=None) -> tuple[dict[str, TokenSemantics], dict]:
+                   precision: str = "auto", progress=None) -> tuple[dict[str, TokenSemantics], dict]:
     """Token semantics from ``source``: "tfidf", "teacher" (the local LLM ``teacher``, loaded here) or the path of a
     teacher file; and what was repaired (teacher answers that were not JSON)."""
     if source == "tfidf":
@@ -235,5 +246,6 @@ def sid_training_examples(recommender, dataset, tasks: tuple[str, ...], semantic
         if semantics is None or recommender.sids is None:
             raise ValueError("TS-Align needs semantic IDs and token semantics")
         per_task["ts_align"] = ts_align_examples(recommender.tokenizer, semantics,
-                                                 sorted({t for sid in recommender.sids for t in sid}))
+                                                 sorted({t for sid in recommender.sids for t in sid}),
+                                                 reference=bool(recommender.template.target_suffix))
     return mix_tasks(per_task, budget, seed)

@@ -52,9 +52,9 @@ class SASRec(CFModel):
     config_class = SASRecConfig
     presets = {
         "tca4rec": dict(hidden=64, max_len=10, n_blocks=2, n_heads=1, dropout=0.5, loss="bce", positions="last",
-                        init="normal"),
+                        init="normal", negatives_exclude_history=True),
         "allmrec": dict(hidden=50, max_len=50, n_blocks=2, n_heads=1, dropout=0.5, loss="bce", positions="all",
-                        init="xavier"),
+                        init="xavier", negatives_exclude_history=True),
     }
 
     def __init__(self, config: SASRecConfig, n_items: int):

@@ -8,11 +8,16 @@ Determinism: shuffling and negative sampling draw from one ``torch.Generator`` a
 global generator; both states, the optimiser's and the early-stopping bookkeeping go into the checkpoint
 written after every epoch, so a resumed run continues exactly where the interrupted one stopped and ends
 with the same weights.
+
+Divergence: a non-finite batch loss or a NaN validation score stops training with ``TrainingDiverged``
+(naming the epoch and batch); the best finite epoch stays in ``out`` and the diverged epoch is never
+checkpointed or selected.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,16 +25,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..data import Dataset
-from ..eval import Protocol, evaluate
+from ..data import Dataset, catalogue_fingerprint
+from ..eval import NonFiniteScores, Protocol, evaluate
 from ..eval.protocols import split_histories
-from .base import CFModel, pad_sequences
+from .base import CFModel, load_weights, pad_sequences
 
 SELECTION_METRIC = "NDCG@10"
 CHECKPOINT = "checkpoint"
+RESUMABLE_CHANGES = ("epochs", "patience")  # a resumed run may train longer or stop otherwise; nothing else changes
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the validation scores became NaN or infinite."""
 
 
 @dataclass
@@ -87,12 +97,13 @@ def train(model: CFModel, dataset: Dataset, config: TrainConfig, out: str | Path
     generator = torch.Generator().manual_seed(config.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = TrainState()
+    rows = training_rows(dataset, model.config.max_len, collapse_prefixes=model.config.positions == "all")
+    settings = run_settings(model, config, rows)
     if resume and (out / CHECKPOINT / "state.pt").exists():
-        state = load_checkpoint(out / CHECKPOINT, model, optimiser, generator)
+        state = load_checkpoint(out / CHECKPOINT, model, optimiser, generator, settings)
         if progress:
             tqdm.write(f"resuming after epoch {state.epoch} (best {SELECTION_METRIC} {state.best_score:.4f} "
                        f"at epoch {state.best_epoch})")
-    rows = training_rows(dataset, model.config.max_len, collapse_prefixes=model.config.positions == "all")
     has_valid = dataset.table("valid").num_rows > 0
     while state.epoch < config.epochs and (not has_valid or state.epochs_without_gain < config.patience):
         started = time.perf_counter()
@@ -103,6 +114,9 @@ def train(model: CFModel, dataset: Dataset, config: TrainConfig, out: str | Path
         bar = tqdm(batches, desc=f"epoch {state.epoch + 1}", disable=not progress, leave=False)
         for start in bar:
             loss = model.loss(rows[order[start:start + config.batch_size]], generator)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"epoch {state.epoch + 1}, batch {start // config.batch_size + 1}: the loss is "
+                                       f"{loss.item()}; {kept(state, out)} (lower --lr?)")
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -110,7 +124,10 @@ def train(model: CFModel, dataset: Dataset, config: TrainConfig, out: str | Path
             bar.set_postfix(loss=f"{loss.item():.4f}")
         seconds = time.perf_counter() - started
         state.epoch += 1
-        metrics = validation_score(model, dataset)
+        try:
+            metrics = validation_score(model, dataset)
+        except NonFiniteScores as exc:
+            raise TrainingDiverged(f"epoch {state.epoch}: validation failed: {exc}; {kept(state, out)}") from None
         score = metrics.get(SELECTION_METRIC, float(state.epoch))  # without valid rows: the latest epoch wins
         if score > state.best_score:
             state.best_score, state.best_epoch, state.epochs_without_gain = score, state.epoch, 0
@@ -122,27 +139,55 @@ def train(model: CFModel, dataset: Dataset, config: TrainConfig, out: str | Path
         if progress:
             shown = f" valid {SELECTION_METRIC} {metrics[SELECTION_METRIC]:.4f}" if metrics else ""
             tqdm.write(f"epoch {state.epoch}: loss {total / len(batches):.4f}{shown} ({seconds:.1f}s)")
-        save_checkpoint(out / CHECKPOINT, model, optimiser, generator, state)
+        save_checkpoint(out / CHECKPOINT, model, optimiser, generator, state, settings)
         write_log(out / "train_log.csv", state.log)
-    model.load_state_dict(load_file(out / "model.safetensors"))  # hand back the best epoch, not the last
+    load_weights(model, out / "model.safetensors")  # hand back the best epoch, not the last
     model.eval()
     return state
 
 
+def run_settings(model: CFModel, config: TrainConfig, rows: torch.Tensor) -> dict:
+    """What makes a run this run: a checkpoint resumes only into the same model, catalogue, data and optimiser."""
+    return {"model": model.model_type, **asdict(model.config), "n_items": model.n_items,
+            "catalogue": catalogue_fingerprint(model.raw_ids, model.titles),
+            "training rows": f"{len(rows):,} rows, digest {hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:12]}",
+            **{k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES}}
+
+
+def settings_differences(saved: dict, settings: dict) -> list[str]:
+    return [f"{name} {saved.get(name)!r} (now {value!r})" for name, value in settings.items()
+            if saved.get(name) != value]
+def kept(state: TrainState, out: Path) -> str:
+    if state.best_epoch == 0:
+        return "no epoch was kept"
+    return f"the best finite epoch ({state.best_epoch}) stays in {out}"
+
+
 def save_checkpoint(directory: Path, model: CFModel, optimiser, generator: torch.Generator,
-                    state: TrainState) -> None:
+                    state: TrainState, settings: dict) -> None:
     """Written to a temporary name and renamed, so an interruption never leaves half a checkpoint."""
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "model.safetensors.tmp")
     torch.save({"optimiser": optimiser.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "state": asdict(state)}, directory / "state.pt.tmp")
+                "torch_rng": torch.get_rng_state(), "state": asdict(state), "settings": settings},
+               directory / "state.pt.tmp")
     os.replace(directory / "model.safetensors.tmp", directory / "model.safetensors")
     os.replace(directory / "state.pt.tmp", directory / "state.pt")
 
 
-def load_checkpoint(directory: Path, model: CFModel, optimiser, generator: torch.Generator) -> TrainState:
-    model.load_state_dict(load_file(directory / "model.safetensors"))
-    saved = torch.load(directory / "state.pt", weights_only=False)
+def load_checkpoint(directory: Path, model: CFModel, optimiser, generator: torch.Generator,
+                    settings: dict) -> TrainState:
+    """Refuses a checkpoint of another run (listing the settings that differ) or one that cannot be read."""
+    try:
+        saved = torch.load(directory / "state.pt", weights_only=False)
+    except Exception as exc:  # truncated, overwritten, not a torch file: pickle and zip raise many kinds
+        raise ValueError(f"cannot resume from {directory / 'state.pt'}: the file is unreadable ({exc}); "
+                         "start afresh (--overwrite)") from exc
+    changed = settings_differences(saved.get("settings", settings), settings)  # earlier versions saved none
+    if changed:
+        raise ValueError(f"cannot resume from {directory}: it belongs to a run with other settings: "
+                         f"{'; '.join(changed)}. Resume with that run's settings, or start afresh (--overwrite)")
+    load_weights(model, directory / "model.safetensors")
     optimiser.load_state_dict(saved["optimiser"])
     generator.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])

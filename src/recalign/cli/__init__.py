@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 
+from ..threads import passive_openmp_if_contended
 from .allmrec import allmrec_app
 from .cf import cf_app
 from .data import data_app
@@ -15,9 +16,11 @@ from .llm import llm_app, recommend_command
 from .run import list_recipes, report_command, run_command
 from .serve import serve_command
 
+# rich_markup_mode=None: click's plain help for every command (the mode passes down to the sub-commands), not rich's
+# boxed tables, which squeeze each option's text into a narrow column at 80 columns and draw boxes into pipes.
 app = typer.Typer(help="recalign: LLM-based generative recommendation aligned with collaborative and semantic "
                        "signals. Each sub-command is one stage of the pipeline; start with `recalign demo`.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 app.add_typer(cf_app, name="cf")
 app.add_typer(index_app, name="index")
@@ -33,4 +36,5 @@ app.command("report")(report_command)
 
 
 def main() -> None:
+    passive_openmp_if_contended()  # before any command loads torch (docs/benchmarks/threads.md)
     app()

@@ -10,12 +10,15 @@ import typer
 
 from .common import (
     EmbedderOption,
+    OverwriteOption,
+    PrecisionOption,
     ThreadsOption,
     console,
     fail,
     load_cf_or_fail,
     load_dataset_or_fail,
     quiet_transformers,
+    refuse_to_overwrite,
     set_threads,
 )
 
@@ -24,6 +27,9 @@ allmrec_app = typer.Typer(help="A-LLMRec: align a frozen CF model with a frozen 
 
 DataOption = Annotated[Path, typer.Option(help="A prepared dataset folder.")]
 CFOption = Annotated[Path, typer.Option(help="A CF model folder (`recalign cf train`); it stays frozen.")]
+TrainRowsOption = Annotated[str, typer.Option(help="'all' (every training row: the paper's A-LLMRec_all) or 'last' "
+                                                   "(one row per user, its last training item: the paper and the "
+                                                   "official code).")]
 
 
 @allmrec_app.command("stage1")
@@ -44,6 +50,9 @@ def stage1(
         False,
     finetune_text: Annotated[bool, typer.Option(help="Train the sentence encoder too (the paper; slow on CPU).")] =
         False,
+    train_rows: TrainRowsOption = "all",
+    text_input: Annotated[str, typer.Option(help="'unit' (L2-normalised 'title. description') or 'reference' (the "
+                                                 "official raw pooled vector of 'title, description').")] = "unit",
     seed: Annotated[int, typer.Option(help="Seed of initialisation, negatives and order.")] = 0,
     threads: ThreadsOption = None,
 ) -> None:
@@ -57,7 +66,7 @@ def stage1(
     try:
         config = Stage1Config(item_weight=item_weight, text_weight=text_weight, rec_weight=rec_weight,
                               rec_score=rec_score, epochs=epochs, batch_size=batch_size, lr=lr, cf_dropout=cf_dropout,
-                              finetune_text=finetune_text, seed=seed)
+                              finetune_text=finetune_text, seed=seed, train_rows=train_rows, text_input=text_input)
         console.print(f"embedding {dataset.n_items:,} item texts with {embedder}")
         _, log, _ = run_stage1(cf_model, dataset, config, out, embedder)
     except (ValueError, FileNotFoundError) as exc:
@@ -75,11 +84,14 @@ def stage2(
     out: Annotated[Path, typer.Option(help="Folder for the stage-2 recommender.")],
     stage1_dir: Annotated[Path | None, typer.Option("--stage1", help="The stage-1 folder (soft tokens need it).")] =
         None,
-    soft_tokens: Annotated[bool, typer.Option(help="A-LLMRec's soft tokens; --no-soft-tokens is the LLM-only "
-                                                   "baseline (same prompt, LoRA-tuned LLM).")] = True,
+    soft_tokens: Annotated[bool, typer.Option(help="A-LLMRec's soft tokens; --no-soft-tokens is a prompt-only "
+                                                   "baseline (same prompt): LoRA-tuned (TALLRec-like), or "
+                                                   "--zero-shot.")] = True,
+    zero_shot: Annotated[bool, typer.Option(help="With --no-soft-tokens: the paper's LLM-only baseline, the LLM "
+                                                 "untrained.")] = False,
     backbone: Annotated[str, typer.Option(help="'smollm2-135m', 'tiny', a hub id or a local path.")] =
         "smollm2-135m",
-    precision: Annotated[str, typer.Option(help="'bf16' or 'fp32'.")] = "bf16",
+    precision: PrecisionOption = "auto",
     lora_r: Annotated[int, typer.Option(help="LoRA rank (the LLM-only baseline).")] = 8,
     n_candidates: Annotated[int, typer.Option(help="Candidates per prompt (the target among them).")] = 20,
     max_history: Annotated[int, typer.Option(help="History titles shown in the prompt.")] = 10,
@@ -90,13 +102,24 @@ def stage2(
     batch_size: Annotated[int, typer.Option(help="Rows per optimiser step.")] = 4,
     micro_batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 2,
     lr: Annotated[float, typer.Option(help="Adam(W) learning rate.")] = 1e-4,
+    optimizer: Annotated[str, typer.Option(help="'adamw' or 'adam' (betas 0.9/0.98: the official code).")] =
+        "adamw",
+    schedule: Annotated[str, typer.Option(help="'linear' (warm-up, then decay) or 'constant' (the official code).")] =
+        "linear",
+    warmup_steps: Annotated[int, typer.Option(help="Warm-up steps of the linear schedule.")] = 20,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0: none, the official code).")] = 1.0,
+    cf_dropout: Annotated[bool, typer.Option(help="The CF model in train mode (dropout on x_u) while the projectors "
+                                                  "train, as the official code.")] = False,
+    train_rows: TrainRowsOption = "all",
     max_train_rows: Annotated[int | None, typer.Option(help="The first N training rows only.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the projectors, candidates and order.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
 ) -> None:
     """Stage 2: the frozen LLM reads F_U(user) and F_I(items) at soft tokens; only the projectors train."""
     set_threads(threads)
+    refuse_to_overwrite(out, ("config.json", "train"), overwrite, resume)
     quiet_transformers()
     import numpy as np
 
@@ -104,22 +127,33 @@ def stage2(
     from ..llm.backbones import LoraSettings
     from ..llm.recommender import RecommenderConfig
     from ..llm.train import SFTConfig
+    from ..precision import resolve_precision
 
     dataset = load_dataset_or_fail(data)
     if soft_tokens and stage1_dir is None:
         fail("soft tokens need --stage1 DIR (from `recalign allmrec stage1`)")
+    if zero_shot and soft_tokens:
+        fail("--zero-shot is the prompt-only baseline: give --no-soft-tokens too")
     cf_model = load_cf_or_fail(cf, dataset)
     try:
-        config = RecommenderConfig(backbone, precision, "frozen" if soft_tokens else "lora",
-                                   LoraSettings(r=lora_r, alpha=2 * lora_r), max_history=max_history, seed=seed)
+        precision = resolve_precision(precision)  # saved resolved, in config.json and the checkpoints
+        finetune = "frozen" if soft_tokens or zero_shot else "lora"
+        config = RecommenderConfig(backbone, precision, finetune, LoraSettings(r=lora_r, alpha=2 * lora_r),
+                                   max_history=max_history, seed=seed)
         sft = SFTConfig(epochs=1, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,
-                        precision=precision, seed=seed, weight_decay=0.0)
+                        precision=precision, seed=seed, weight_decay=0.0, optimizer=optimizer, schedule=schedule,
+                        warmup_steps=warmup_steps, max_grad_norm=max_grad_norm)
         joint = np.load(stage1_dir / "joint.npy") if soft_tokens else None
+        if train_rows not in ("all", "last"):
+            raise ValueError(f"--train-rows takes 'all' or 'last', not {train_rows!r}")
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    recommender = create_stage2(dataset, cf_model, joint, config)
+    recommender = create_stage2(dataset, cf_model, joint, config, cf_dropout)
     result, prompts = train_stage2(recommender, dataset, sft, out, PromptWords.for_dataset(dataset_name),
-                                   n_candidates, epochs, max_train_rows, resume)
+                                   n_candidates, epochs, max_train_rows, resume, rows=train_rows)
+    if result is None:
+        console.print(f"LLM-only (zero-shot): nothing trained; saved in {out}")
+        return
     trained = sum(p.numel() for module in (recommender.model, recommender.embedding_hook) if module is not None
                   for p in module.parameters() if p.requires_grad)
     console.print(f"trained {trained:,} parameters on {prompts:,} prompts ({result.tokens_per_second:,.0f} "

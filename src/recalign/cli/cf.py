@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from .common import (
+    OverwriteOption,
     ThreadsOption,
     console,
     evaluate_scorers,
@@ -17,6 +18,7 @@ from .common import (
     make_protocol,
     metrics_table,
     parse_ks,
+    refuse_to_overwrite,
     set_threads,
 )
 from .evaluate import ExcludeOption, JsonOption, KOption, NegativesOption, ProtocolOption, SplitOption, TrainedOnOption
@@ -25,23 +27,29 @@ cf_app = typer.Typer(help="Train and evaluate CF backbones (SASRec, GRU4Rec, BER
                      no_args_is_help=True)
 
 
+CF_OUTPUTS = ("model.safetensors", "checkpoint")  # what a run of `cf train` leaves in --out
+
+
 def train_cf(data: Path, model: str, out: Path, preset: str | None = None, resume: bool = False,
              overrides: dict | None = None, train_options: dict | None = None, progress: bool = True):
     """Builds, trains and saves a model; returns the best model, loaded back from ``out``."""
     import torch
 
-    from ..cf import TrainConfig, build_model, from_pretrained, train
+    from ..cf import TrainConfig, TrainingDiverged, build_model, from_pretrained, train
 
     dataset = load_dataset_or_fail(data)
     try:
-        cf_model = build_model(model, dataset.n_items, preset, **(overrides or {}))
         config = TrainConfig(**(train_options or {}))
+        torch.manual_seed(config.seed)  # before the model is built: its initial weights come from the seed
+        cf_model = build_model(model, dataset.n_items, preset, **(overrides or {}))
     except (ValueError, TypeError) as exc:
         fail(str(exc))
     if dataset.table("train").num_rows == 0:
         fail(f"{data} has no training examples")
-    torch.manual_seed(config.seed)
-    state = train(cf_model, dataset, config, out, resume=resume, progress=progress)
+    try:
+        state = train(cf_model, dataset, config, out, resume=resume, progress=progress)
+    except (ValueError, FileNotFoundError, TrainingDiverged) as exc:  # e.g. --resume from another run's checkpoint
+        fail(str(exc))
     best = from_pretrained(out, dataset)
     console.print(f"{model}: best epoch {state.best_epoch} of {state.epoch}; model saved in {out}")
     return dataset, best
@@ -59,6 +67,9 @@ def cf_train(
     dropout: Annotated[float | None, typer.Option(help="Dropout probability.")] = None,
     loss: Annotated[str | None, typer.Option(help="ce, bce, bpr or cloze (the model's default if unset).")] = None,
     positions: Annotated[str | None, typer.Option(help="'all' positions or the 'last' one predict.")] = None,
+    negatives_exclude_history: Annotated[bool | None, typer.Option(
+        help="Sampled negatives avoid the row's history, not only the target (the tca4rec and allmrec presets' "
+             "default, as the reference code).")] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs to train.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 256,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
@@ -66,11 +77,14 @@ def cf_train(
     patience: Annotated[int, typer.Option(help="Epochs without a better valid NDCG@10 before stopping.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, sampling and dropout.")] = 42,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
 ) -> None:
     """Train a CF model with early stopping on validation NDCG@10, checkpointing every epoch."""
     set_threads(threads)
-    overrides = dict(hidden=hidden, max_len=max_len, dropout=dropout, loss=loss, positions=positions)
+    refuse_to_overwrite(out, CF_OUTPUTS, overwrite, resume)
+    overrides = dict(hidden=hidden, max_len=max_len, dropout=dropout, loss=loss, positions=positions,
+                     negatives_exclude_history=negatives_exclude_history)
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                          seed=seed)
     dataset, best = train_cf(data, model, out, preset, resume, overrides, train_options)
@@ -93,13 +107,13 @@ def cf_eval(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a trained CF model: HR, NDCG and MRR at each K (JSON keys like NDCG@10)."""
-    from ..cf import CatalogueMismatch, from_pretrained
+    from ..cf import from_pretrained
 
     ks = parse_ks(k)
     dataset = load_dataset_or_fail(data)
     try:
         model = from_pretrained(model_dir, dataset)
-    except (FileNotFoundError, CatalogueMismatch) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: another catalogue, another kind of folder, damage
         fail(str(exc))
     declared = make_protocol(protocol, exclude_history, negatives, seed)
     results = evaluate_scorers(dataset, {model.model_type: model}, split, ks, declared)

@@ -11,7 +11,16 @@ from rich.table import Table
 
 console = Console()
 err = Console(stderr=True)
-ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")]
+ThreadsOption = Annotated[int | None, typer.Option(help="torch CPU threads (default: every core on a quiet machine, "
+                                                        "the cores left free where other work runs; OMP_NUM_THREADS "
+                                                        "is followed).", min=1)]
+PrecisionOption = Annotated[str, typer.Option(help="'auto' (bf16 on a GPU that supports it or a CPU with "
+                                                   "avx512_bf16/amx, else fp32; the choice is printed), 'bf16' or "
+                                                   "'fp32'.")]
+DecodePrecisionOption = Annotated[str, typer.Option(help="Precision of the weights while decoding: 'auto' (bf16 "
+                                                         "where the GPU or CPU computes it natively, else fp32), "
+                                                         "'bf16' or 'fp32'.")]
+OverwriteOption = Annotated[bool, typer.Option(help="Replace the finished work of an earlier run in --out.")]
 
 
 def quiet_transformers() -> None:
@@ -23,6 +32,9 @@ def quiet_transformers() -> None:
 
 
 def set_threads(threads: int | None) -> None:
+    from ..threads import default_threads
+
+    threads = threads or default_threads()
     if threads:
         import torch
 
@@ -32,6 +44,21 @@ def set_threads(threads: int | None) -> None:
 def fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+def refuse_to_overwrite(out, earlier: tuple[str, ...], overwrite: bool, resume: bool | None = None) -> None:
+    """Fails when ``out`` holds any of ``earlier`` (what an earlier run leaves: a model, a checkpoint) and neither
+    ``--overwrite`` nor, for commands that can continue a run (``resume`` not None), ``--resume`` was given."""
+    from pathlib import Path
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; it must name a folder")
+    found = [name for name in earlier if (out / name).exists()]
+    if found and not overwrite and not resume:
+        fail(f"{out} already holds the work of an earlier run ({', '.join(found)}): "
+             + ("--resume continues it, " if resume is not None else "") + "--overwrite replaces it, or choose "
+             "another --out")
 
 
 def parse_ks(text: str) -> tuple[int, ...]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from .common import console, fail, load_dataset_or_fail
+from .common import OverwriteOption, console, fail, load_dataset_or_fail, refuse_to_overwrite
 
 data_app = typer.Typer(help="Prepare, inspect, download and synthesise datasets.", no_args_is_help=True)
 
@@ -47,8 +48,10 @@ def data_prepare(
     description_col: Annotated[str, typer.Option(help="csv: optional description column.")] = "description",
     brand_col: Annotated[str, typer.Option(help="csv: optional brand column.")] = "brand",
     category_col: Annotated[str, typer.Option(help="csv: optional category column.")] = "category",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Read a source dataset, repair or refuse bad input, and write the canonical dataset to --out."""
+    refuse_to_overwrite(out, ("manifest.json",), overwrite)
     from ..data.formats import CsvColumns, PrepareOptions
     from ..data.sequences import SplitProtocol
 
@@ -147,17 +150,26 @@ def data_synth(
 
 @data_app.command("download")
 def data_download(
-    name: Annotated[str, typer.Argument(help="movielens-1m, or amazon18:<Category> (e.g. amazon18:Toys_and_Games).")],
-    out: Annotated[Path, typer.Option(help="Folder to download into.")],
-    base_url: Annotated[str | None, typer.Option(help="A mirror to fetch from instead of the public host.")] = None,
+    name: Annotated[str | None, typer.Argument(help="A dataset name: a published split such as "
+                                               "tca4rec:Toys_and_Games or minionerec:Industrial_and_Scientific, "
+                                               "movielens-1m, or amazon18:<Category>. Without it: the list.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder to download into (default: the dataset's folder in the "
+                                             "data cache, $RECALIGN_CACHE/data, where recipes look).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="A mirror to fetch from instead of the public host; it keeps "
+                                                 "the host's layout below it.")] = None,
 ) -> None:
-    """Download a public dataset (resumable; checksums verified where published)."""
-    from ..data.download import DownloadError, download
+    """Download a public dataset: resumable, its size said first, pinned SHA-256s verified where published."""
+    from ..data.download import DATASETS, DownloadError, download
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the downloader reports skips and restarts
+    if name is None:
+        for known, about in DATASETS.items():
+            typer.echo(known + "\n" + textwrap.fill(about, 80, initial_indent="    ", subsequent_indent="    ",
+                                                     break_on_hyphens=False))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the downloader reports sizes and restarts
     try:
         files = download(name, out, base_url=base_url)
     except (DownloadError, ValueError) as exc:
         fail(str(exc))
     for path in files:
-        console.print(f"  {path}")
+        console.print(f"  {path}", highlight=False, soft_wrap=True)

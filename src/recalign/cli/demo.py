@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from .common import PrecisionOption, ThreadsOption
 from .run import run_recipe_and_report
 
 
@@ -18,6 +19,8 @@ def demo(
         "smollm2-135m",
     llm_rows: Annotated[int, typer.Option(help="Training rows of the LLM recommender (one epoch, LoRA).")] = 384,
     eval_rows: Annotated[int, typer.Option(help="Test rows every model is evaluated on.")] = 100,
+    precision: PrecisionOption = "auto",
+    threads: ThreadsOption = None,
 ) -> None:
     """Synthesise a catalogue, prepare it, train SASRec and an LLM recommender, and compare them with the
     baselines on the same test rows (`recalign run demo` with these settings)."""
@@ -27,5 +30,6 @@ def demo(
         overrides.append("llm=null")
     else:
         overrides += [f"llm.recommender.backbone={llm_backbone}", f"llm.recommender.seed={seed}",
-                      f"llm.train.seed={seed}", f"llm.max_train_rows={llm_rows}"]
-    run_recipe_and_report("demo", out, overrides, None)
+                      f"llm.train.seed={seed}", f"llm.max_train_rows={llm_rows}",
+                      f"llm.recommender.precision={precision}", f"llm.train.precision={precision}"]
+    run_recipe_and_report("demo", out, overrides, threads)

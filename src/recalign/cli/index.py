@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from .common import EmbedderOption, ThreadsOption, console, fail, load_dataset_or_fail, set_threads
+from .common import (
+    EmbedderOption,
+    OverwriteOption,
+    ThreadsOption,
+    console,
+    fail,
+    load_dataset_or_fail,
+    refuse_to_overwrite,
+    set_threads,
+)
 
 index_app = typer.Typer(help="Item identifiers: build or import semantic IDs and show their statistics.",
                         no_args_is_help=True)
@@ -44,10 +53,12 @@ def index_build(
     collisions: Annotated[str, typer.Option(help="'balance' (move colliding items to free last-level codes, then "
                                                  "a disambiguation level), 'extra_level', or 'keep'.")] = "balance",
     seed: Annotated[int, typer.Option(help="Seed of k-means and the RQ-VAE.")] = 0,
+    overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
 ) -> None:
     """Semantic IDs from item text embeddings by a residual quantiser."""
     set_threads(threads)
+    refuse_to_overwrite(out, ("sids.json",), overwrite)
     from ..index.rqvae import QuantizerConfig
     from ..index.sid import build_sids
     from ..index.text import item_texts, text_embeddings
@@ -84,10 +95,12 @@ def index_import(
     out: OutOption,
     source: Annotated[Path | None, typer.Option(help="A *.index.json (raw item id -> token list); default: the SIDs "
                                                      "the dataset carries (minionerec format).")] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Shipped semantic IDs (MiniOneRec's *.index.json) as a SID folder of this dataset."""
     from ..index.sid import import_sids
 
+    refuse_to_overwrite(out, ("sids.json",), overwrite)
     dataset = load_dataset_or_fail(data)
     try:
         sids = import_sids(dataset, source)

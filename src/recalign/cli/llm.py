@@ -9,6 +9,9 @@ from typing import Annotated
 import typer
 
 from .common import (
+    DecodePrecisionOption,
+    OverwriteOption,
+    PrecisionOption,
     ThreadsOption,
     console,
     fail,
@@ -18,6 +21,7 @@ from .common import (
     parse_ks,
     quiet_transformers,
     refuse_candidate_model,
+    refuse_to_overwrite,
     set_threads,
 )
 from .evaluate import JsonOption, KOption, SplitOption, TrainedOnOption
@@ -40,16 +44,19 @@ def evaluation_record(evaluation, split: str, ks, beams: int) -> dict:
 
 
 def evaluate_and_report(recommender, dataset, split: str, ks, beams: int, batch_size: int, max_rows: int | None,
-                        title: str, show: bool = True) -> dict:
+                        title: str, show: bool = True, length_penalty: float | None = None) -> dict:
     from ..decode import BeamConfig
     from ..decode.recommend import evaluate_llm
 
+    if length_penalty is None:  # MiniOneRec's reference layout is evaluated at 0, as the reference does
+        length_penalty = 0.0 if recommender.template.target_suffix else 1.0
     try:
-        evaluation = evaluate_llm(recommender, dataset, split, ks, BeamConfig(num_beams=beams, batch_size=batch_size),
-                                  max_rows, progress=show)
+        config = BeamConfig(num_beams=beams, batch_size=batch_size, length_penalty=length_penalty)
+        evaluation = evaluate_llm(recommender, dataset, split, ks, config, max_rows, progress=show)
     except (ValueError, KeyError) as exc:
         fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     record = evaluation_record(evaluation, split, ks, beams)
+    record["protocol"]["length_penalty"] = length_penalty
     if not show:
         return record
     console.print(metrics_table(f"{title} ({evaluation.n_examples:,} examples, ± = 95% interval, "
@@ -79,12 +86,13 @@ def llm_train(
     domain: Annotated[str, typer.Option(help="What the prompt calls the items ('games', 'office products').")] =
         "items",
     max_history: Annotated[int, typer.Option(help="Most recent history items in the prompt.")] = 10,
-    precision: Annotated[str, typer.Option(help="'bf16' or 'fp32'.")] = "bf16",
+    precision: PrecisionOption = "auto",
     epochs: Annotated[int, typer.Option(help="Passes over the training rows.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Rows per optimiser step (all processes, all accumulation).")] = 16,
     micro_batch_size: Annotated[int, typer.Option(help="Rows per forward pass per process.")] = 4,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-4,
     warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps, then linear decay.")] = 20,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0: no clipping).")] = 1.0,
     max_train_rows: Annotated[int | None, typer.Option(help="Train on the first N training rows only.")] = None,
     rows: Annotated[str, typer.Option(help="'target': one row per training target (the papers'); 'sequence': one "
                                            "row per window of a user's items, every item after the first "
@@ -113,6 +121,9 @@ def llm_train(
                                                    "(TCA4Rec's --use_feature; needs --cf).")] = False,
     feature_frozen: Annotated[bool, typer.Option(help="With --use-feature: never train the feature MLPs (random "
                                                       "init), as TCA4Rec's code does.")] = False,
+    feature_shared_mlp: Annotated[bool, typer.Option(help="With --use-feature: one MLP for the CF user and item "
+                                                          "embeddings, as TCA4Rec's code (default: one each).")] =
+        False,
     sids: Annotated[Path | None, typer.Option(help="A SID folder (`recalign index build|import`): the items become "
                                                    "semantic IDs (prompt 'minionerec' unless given).")] = None,
     tasks: Annotated[str, typer.Option(help="With --sids: comma-separated SFT tasks of next_item, title_to_sid, "
@@ -134,13 +145,19 @@ def llm_train(
         "HR@3",
     select_split: Annotated[str, typer.Option(help="Split the selection metric is computed on.")] = "valid",
     select_rows: Annotated[int | None, typer.Option(help="Selection uses the split's first N rows.")] = None,
+    select_lenient: Annotated[bool, typer.Option(help="Select on the identifier match (any item with the target's "
+                                                      "title counts), as TCA4Rec's code.")] = False,
+    select_patience: Annotated[int, typer.Option(help="Stop after N selection rounds without a gain above 0.001 "
+                                                      "(TCA4Rec's code: 3; 0: never).")] = 0,
     eval_split: Annotated[str | None, typer.Option(help="Evaluate on this split after training.")] = "test",
     eval_rows: RowsOption = 200,
     beams: BeamsOption = 10,
+    overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
 ) -> None:
     """Fine-tune a causal LM to generate the next item's title (SFT, LoRA or full) and save the recommender."""
     set_threads(threads)
+    refuse_to_overwrite(out, ("config.json", "train"), overwrite, resume)  # the recommender, its checkpoints
     quiet_transformers()
     from ..decode.selection import Selection, train_with_selection
     from ..llm.backbones import LoraSettings
@@ -148,6 +165,7 @@ def llm_train(
     from ..llm.recommender import LLMRecommender, RecommenderConfig, check_feature_template
     from ..llm.tasks import check_tasks
     from ..llm.train import SFTConfig, accumulation_steps, launch_state, sft_train, training_rows_summary
+    from ..precision import resolve_precision
 
     dataset = load_dataset_or_fail(data)
     if dataset.table("train").num_rows == 0:
@@ -167,14 +185,16 @@ def llm_train(
     task_list = tuple(t for t in tasks.split(",") if t) if sids else ("next_item",)
     try:
         lora = LoraSettings(lora_r, lora_alpha, lora_dropout, tuple(t for t in lora_targets.split(",") if t))
+        precision = resolve_precision(precision)  # saved resolved, in config.json and the checkpoints
         config = RecommenderConfig(backbone, precision, finetune, lora, prompt, domain, max_history, seed,
                                    use_feature=use_feature, feature_frozen=feature_frozen,
+                                   feature_shared_mlp=feature_shared_mlp,
                                    identifier="sid" if sids else "title")
         check_tasks(task_list, config.identifier)
         check_feature_template(get_template(prompt), use_feature)
         sft = SFTConfig(epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr,
                         warmup_steps=warmup_steps, precision=precision, seed=seed, checkpoint_every=checkpoint_every,
-                        pack_length=pack_length)
+                        pack_length=pack_length, max_grad_norm=max_grad_norm)
     except (ValueError, KeyError, TypeError) as exc:
         fail(exc.args[0] if isinstance(exc, KeyError) else str(exc))
     try:
@@ -183,7 +203,7 @@ def llm_train(
         fail(str(exc))
     if max_train_rows is not None and max_train_rows < 1:
         fail("--max-train-rows must be at least 1")
-    selection = Selection(select_every, select_metric, select_split, select_rows)
+    selection = Selection(select_every, select_metric, select_split, select_rows, select_lenient, select_patience)
     if select_every:
         try:
             selection.check(dataset)
@@ -318,7 +338,11 @@ def llm_eval(
     k: KOption = "1,5,10",
     beams: BeamsOption = 10,
     batch_size: Annotated[int, typer.Option(help="Users per forward pass.")] = 8,
+    length_penalty: Annotated[float | None, typer.Option(help="Beam scores are divided by length ** this (default: "
+                                                              "1, or 0 with the minionerec-reference prompt, as "
+                                                              "MiniOneRec evaluates).")] = None,
     max_rows: RowsOption = None,
+    precision: DecodePrecisionOption = "auto",
     threads: ThreadsOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -332,14 +356,15 @@ def llm_eval(
     refuse_candidate_model(model)
     dataset = load_dataset_or_fail(data)
     try:
-        recommender = LLMRecommender.from_pretrained(model, dataset)
+        recommender = LLMRecommender.from_pretrained(model, dataset, precision=precision)
     except (FileNotFoundError, CatalogueMismatch, KeyError, ValueError) as exc:
         fail(f"{model}: {exc}")
     from ..llm.train import launch_state
 
     state = launch_state()  # under `accelerate launch` the rows are shared out
     record = evaluate_and_report(recommender, dataset, split, ks, beams, batch_size, max_rows,
-                                 f"{model} on {data} · {split}", show=state.is_main_process and not as_json)
+                                 f"{model} on {data} · {split}", show=state.is_main_process and not as_json,
+                                 length_penalty=length_penalty)
     if as_json and state.is_main_process:
         typer.echo(json.dumps({**record["metrics"], **record, "model": str(model), "processes": state.num_processes},
                               indent=2))
@@ -390,42 +415,72 @@ def recommend_command(
     history: Annotated[str, typer.Option(help="Comma-separated item ids (or raw ids with --raw), oldest first.")],
     k: Annotated[int, typer.Option("-k", "--k", help="How many items to recommend.")] = 10,
     raw: Annotated[bool, typer.Option(help="--history holds the dataset's raw item ids.")] = False,
-    as_json: JsonOption = False,
+    exclude_history: Annotated[bool, typer.Option(help="Never recommend an item of the history (the search then "
+                                                       "keeps k + that many beams).")] = False,
+    precision: DecodePrecisionOption = "auto",
+    threads: ThreadsOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the recommendations as JSON (item, raw_id, title, "
+                                                        "score per item, best first) instead of a table.")] = False,
 ) -> None:
-    """Recommend the next items for one history, with titles and scores."""
+    """Recommend the next items for one history, with titles and scores.
+
+    A score is the mean log-probability per token the LLM gives the item's identifier (its title or SID, the end
+    token included) after the prompt: at most 0, higher is better. Items sharing an identifier share its score;
+    the order is that of the constrained beam search."""
     from rich.table import Table
 
+    from ..llm.recommender import saved_catalogue
+
+    refuse_candidate_model(model)
+    try:  # the history is checked against the saved catalogue before the model's long load
+        _, catalogue = saved_catalogue(model)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(f"{model}: {exc}")
+    items = history_items(history, raw, [row["raw_id"] for row in catalogue])
+    if k < 1:
+        fail("-k must be at least 1")
+    set_threads(threads)
+    quiet_transformers()
+    from ..decode import BeamConfig
     from ..decode.recommend import recommend
     from ..llm.recommender import LLMRecommender
 
-    quiet_transformers()
-    refuse_candidate_model(model)
     try:
-        recommender = LLMRecommender.from_pretrained(model)
+        recommender = LLMRecommender.from_pretrained(model, precision=precision)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         fail(f"{model}: {exc}")
-    tokens = [t.strip() for t in history.split(",") if t.strip()]
-    if not tokens:
-        fail("--history is empty")
-    if raw:
-        positions = {raw_id: i for i, raw_id in enumerate(recommender.raw_ids)}
-        unknown = [t for t in tokens if t not in positions]
-        items = [positions.get(t, -1) for t in tokens]
-    else:
-        unknown = [t for t in tokens if not t.isdigit() or int(t) >= len(recommender.raw_ids)]
-        items = [int(t) for t in tokens if t not in unknown]
-    if unknown:
-        fail(f"unknown item{'s' if len(unknown) > 1 else ''} in --history: {', '.join(unknown)} (the catalogue has "
-             f"ids 0..{len(recommender.raw_ids) - 1}{'; raw ids are matched exactly' if raw else ''})")
-    if k < 1:
-        fail("-k must be at least 1")
-    (rows,) = recommend(recommender, [items], k)
+    excluded = set(items) if exclude_history else set()
+    beams = k + len(excluded)
+    (rows,) = recommend(recommender, [items], None, BeamConfig(num_beams=beams))
+    rows = [row for row in rows if row.item not in excluded][:k]
     if as_json:
         typer.echo(json.dumps([row.__dict__ for row in rows], indent=2, ensure_ascii=False))
         return
-    table = Table(title=f"top {k} after {len(items)} history items")
+    table = Table(title=f"top {k} after {len(items)} history items"
+                        + (" (history items excluded)" if exclude_history else ""),
+                  caption="score: mean log-probability per token of the item's identifier (at most 0; higher is "
+                          "better)")
     for column in ("rank", "item", "raw id", "title", "score"):
         table.add_column(column, justify="right" if column in ("rank", "item", "score") else "left")
     for rank, row in enumerate(rows, 1):
         table.add_row(str(rank), str(row.item), row.raw_id, row.title, f"{row.score:.4f}")
     console.print(table)
+
+
+def history_items(history: str, raw: bool, raw_ids: list[str]) -> list[int]:
+    """The item ids of a comma-separated --history (item ids, or raw ids with ``raw``), or a CLI failure naming
+    every unknown one."""
+    tokens = [t.strip() for t in history.split(",") if t.strip()]
+    if not tokens:
+        fail("--history is empty")
+    if raw:
+        positions = {raw_id: i for i, raw_id in enumerate(raw_ids)}
+        unknown = [t for t in tokens if t not in positions]
+        items = [positions.get(t, -1) for t in tokens]
+    else:
+        unknown = [t for t in tokens if not t.isdigit() or int(t) >= len(raw_ids)]
+        items = [int(t) for t in tokens if t not in unknown]
+    if unknown:
+        fail(f"unknown item{'s' if len(unknown) > 1 else ''} in --history: {', '.join(unknown)} (the catalogue has "
+             f"ids 0..{len(raw_ids) - 1}{'; raw ids are matched exactly' if raw else ''})")
+    return items

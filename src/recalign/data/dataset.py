@@ -89,19 +89,32 @@ class CatalogueMismatch(ValueError):
     """A trained model was asked to work on a catalogue other than the one it was trained on."""
 
 
-def catalogue_fingerprint(raw_ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(raw_ids).encode()).hexdigest()[:16]
+def catalogue_fingerprint(raw_ids: list[str], titles: list[str | None] | None = None) -> str:
+    """Of the raw ids, and with ``titles`` of each item's (raw id, title): the titles are what LLMs generate."""
+    lines = raw_ids if titles is None else [f"{raw}\t{title}" for raw, title in zip(raw_ids, titles)]
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def check_same_catalogue(trained_raw_ids: list[str], dataset: Dataset, what: str = "model") -> None:
-    """Refuses a dataset whose item ids would mean other items than those ``what`` was trained with."""
+def check_same_catalogue(trained_raw_ids: list[str], dataset: Dataset, what: str = "model",
+                         trained_titles: list[str | None] | None = None) -> None:
+    """Refuses a dataset whose item ids would mean other items than those ``what`` was trained with: other raw
+    ids, or (when ``trained_titles`` are known) the same raw ids with other titles."""
     raw_ids = dataset.raw_ids
+    advice = f"Train a {what} on this dataset, or prepare the dataset from the same source."
     if raw_ids != trained_raw_ids:
         raise CatalogueMismatch(
             f"this {what} was trained on a catalogue of {len(trained_raw_ids)} items (fingerprint "
             f"{catalogue_fingerprint(trained_raw_ids)}), but the dataset has {len(raw_ids)} items (fingerprint "
-            f"{catalogue_fingerprint(raw_ids)}); item ids would not mean the same items. Train a {what} on this "
-            "dataset, or prepare the dataset from the same source.")
+            f"{catalogue_fingerprint(raw_ids)}); item ids would not mean the same items. {advice}")
+    titles = dataset.titles
+    if trained_titles is not None and titles != trained_titles:
+        differ = [i for i, (a, b) in enumerate(zip(trained_titles, titles)) if a != b]
+        first = differ[0]
+        raise CatalogueMismatch(
+            f"this {what} was trained on items with the same {len(raw_ids)} raw ids but other titles: {len(differ):,} "
+            f"differ, the first item {raw_ids[first]!r} titled {trained_titles[first]!r} then, {titles[first]!r} "
+            f"now (fingerprints {catalogue_fingerprint(raw_ids, trained_titles)} and "
+            f"{catalogue_fingerprint(raw_ids, titles)}); the items would not be the same. {advice}")
 
 
 @dataclass
@@ -164,14 +177,24 @@ class Dataset:
         return digest.hexdigest()
 
     def save(self, out: str | Path) -> Path:
+        """Writes the dataset; the files of a dataset saved there before that this one lacks (a split, the
+        interactions) are removed, so that loading ``out`` gives this dataset and nothing of the old one."""
         out = Path(out)
+        for folder in (out, out / "examples"):
+            if folder.is_file():
+                raise ValueError(f"{folder} is a file; a dataset is written to a folder")
         (out / "examples").mkdir(parents=True, exist_ok=True)
         self.check()
         pq.write_table(self.items, out / "items.parquet")
         for name, table in self.examples.items():
             pq.write_table(table, out / "examples" / f"{name}.parquet")
+        for stale in (out / "examples").glob("*.parquet"):
+            if stale.stem not in self.examples:
+                stale.unlink()
         if self.interactions is not None:
             pq.write_table(self.interactions, out / "interactions.parquet")
+        else:
+            (out / "interactions.parquet").unlink(missing_ok=True)
         self.manifest = {**self.manifest, "format_version": FORMAT_VERSION, "counts": self.counts(),
                          "content_hash": self.content_hash()}
         (out / "manifest.json").write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n")
@@ -205,6 +228,9 @@ class Dataset:
         interactions = pq.read_table(interactions_path) if interactions_path.exists() else None
         dataset = cls(pq.read_table(path / "items.parquet"), examples, manifest, interactions)
         dataset.check()
+        if "content_hash" in manifest and dataset.content_hash() != manifest["content_hash"]:
+            raise ValueError(f"{path}: the tables do not match the content hash in {manifest_path} (a file was "
+                             "changed, added or replaced after `recalign data prepare`); prepare the dataset again")
         return dataset
 
 

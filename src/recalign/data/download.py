@@ -1,12 +1,19 @@
-"""Fetching the public datasets recalign is evaluated on: MovieLens-1M and the Amazon Review Data (2018) categories.
+"""Fetching the public datasets recalign is evaluated on: the published splits of the papers it reproduces (by name,
+pinned: ``tca4rec:Toys_and_Games``, ``minionerec:Industrial_and_Scientific``, ... see ``published``), MovieLens-1M
+and the Amazon Review Data (2018) categories.
 
 Downloads are resumable because the Amazon metadata files run to gigabytes over links that drop: bytes land in
 ``<file>.part`` and a rerun asks the server for the rest with a ``Range`` header, renaming only once the file is
 whole (and its checksum, where one is published, matches). A file already in place is not fetched again.
 
-Checksums: GroupLens publishes an MD5 for ``ml-1m.zip`` and it is checked. Amazon publishes none, so there is
-nothing to check those files against; instead every file's SHA-256 and size go into ``download.json`` in the
-output folder, so a user can verify a copy or pin the exact bytes a result was computed from.
+Checksums: every file of a published split has a pinned size and SHA-256, checked after the transfer (a mismatch is
+refused, naming the file) and again whenever a folder is reused. GroupLens publishes an MD5 for ``ml-1m.zip`` and it
+is checked. Amazon publishes none, so there is nothing to check those files against; instead every file's SHA-256
+and size go into ``download.json`` in the output folder, so a user can verify a copy or pin the exact bytes a result
+was computed from.
+
+Named datasets live in the data cache, ``$RECALIGN_CACHE/data/<source>/<name>`` (``recalign.cache``), where
+recipes find them; ``ensure`` fetches what is missing there, or with ``offline`` says which command would.
 
 Status lines (skips, restarts) go to the ``recalign.data.download`` logger: skips at INFO, restarts at WARNING.
 """
@@ -22,10 +29,15 @@ import re
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
+
+from ..cache import cache_dir
+from .published import DATASETS as PUBLISHED
+from .published import RAW_GITHUB
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,14 @@ AMAZON18_CATEGORIES = (
     "Toys_and_Games", "Video_Games",
 )
 AMAZON18_PREFIX = "amazon18:"
+NAME_PREFIXES = (*sorted({name.split(":")[0] + ":" for name in PUBLISHED}), AMAZON18_PREFIX)
+
+
+def human_size(size: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 class DownloadError(RuntimeError):
@@ -65,10 +85,13 @@ class RemoteFile:
     path: str
     md5: str | None = None
     unzip: bool = False
+    sha256: str | None = None  # pinned, with the size: the file must be exactly these bytes
+    size: int | None = None
+    local: str | None = None  # the local file name, when not the last component of path
 
     @property
     def filename(self) -> str:
-        return PurePosixPath(self.path).name
+        return self.local or PurePosixPath(self.path).name
 
     def url(self, base_url: str | None = None) -> str:
         return f"{(base_url or self.root).rstrip('/')}/{self.path}"
@@ -80,6 +103,8 @@ STATIC: dict[str, tuple[RemoteFile, ...]] = {
 }
 
 DATASETS: dict[str, str] = {
+    **{name: f"{published.about}; {human_size(published.size)}, pinned to {published.repo}@{published.commit[:7]}"
+       for name, published in PUBLISHED.items()},
     "movielens-1m": f"MovieLens 1M ratings ({MOVIELENS_ROOT}/ml-1m.zip, MD5-checked), unzipped to ml-1m/",
     f"{AMAZON18_PREFIX}<Category>": (f"Amazon Review Data 2018: 5-core reviews and metadata of one category "
                                      f"({AMAZON18_ROOT}); no published checksums, SHA-256 recorded in {MANIFEST}"),
@@ -88,16 +113,27 @@ DATASETS: dict[str, str] = {
 
 def list_datasets() -> list[str]:
     """Every name ``download`` accepts, Amazon categories spelled out, for ``--help`` and error messages."""
-    return [*STATIC, *(f"{AMAZON18_PREFIX}{c}" for c in AMAZON18_CATEGORIES)]
+    return [*PUBLISHED, *STATIC, *(f"{AMAZON18_PREFIX}{c}" for c in AMAZON18_CATEGORIES)]
 
 
-def resolve(name: str) -> tuple[RemoteFile, ...]:
-    """The files behind a dataset name; Amazon categories match case-insensitively, to the site's spelling."""
-    if name in STATIC:
-        return STATIC[name]
+def is_dataset_name(text: str) -> bool:
+    """Whether a recipe's path setting names a dataset (``source:Name``) rather than a local file or folder."""
+    prefix, colon, _ = text.partition(":")
+    return bool(colon) and f"{prefix.lower()}:" in NAME_PREFIXES
+
+
+def canonical_name(name: str) -> str:
+    """``name`` spelled as the registry spells it (names match case-insensitively); ValueError if unknown."""
+    if name in STATIC or name in PUBLISHED:
+        return name
+    by_lower = {n.lower(): n for n in PUBLISHED}
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
     if not name.startswith(AMAZON18_PREFIX):
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(STATIC)}, {AMAZON18_PREFIX}<Category> "
-                         f"with <Category> one of: {', '.join(AMAZON18_CATEGORIES)}")
+        close = difflib.get_close_matches(name.lower(), by_lower, n=1)
+        hint = f" (did you mean {by_lower[close[0]]}?)" if close else ""
+        raise ValueError(f"unknown dataset {name!r}{hint}; known: {', '.join([*PUBLISHED, *STATIC])}, "
+                         f"{AMAZON18_PREFIX}<Category> with <Category> one of: {', '.join(AMAZON18_CATEGORIES)}")
     asked = name[len(AMAZON18_PREFIX):]
     by_lower = {c.lower(): c for c in AMAZON18_CATEGORIES}
     category = by_lower.get(asked.lower())
@@ -106,29 +142,51 @@ def resolve(name: str) -> tuple[RemoteFile, ...]:
         hint = f" (did you mean {by_lower[close[0]]}?)" if close else ""
         raise ValueError(f"unknown Amazon 2018 category {asked!r}{hint}; the categories are: "
                          f"{', '.join(AMAZON18_CATEGORIES)}")
+    return f"{AMAZON18_PREFIX}{category}"
+
+
+def resolve(name: str) -> tuple[RemoteFile, ...]:
+    """The files behind a dataset name (see ``canonical_name``). A published split's files hang below
+    raw.githubusercontent.com as ``<repo>/<commit>/<path>``, so one mirror of that host serves every one of them."""
+    name = canonical_name(name)
+    if name in STATIC:
+        return STATIC[name]
+    if name in PUBLISHED:
+        published = PUBLISHED[name]
+        return tuple(RemoteFile(RAW_GITHUB, f"{published.repo}/{published.commit}/{f.path}", sha256=f.sha256,
+                                size=f.size, local=f.local) for f in published.files)
+    category = name[len(AMAZON18_PREFIX):]
     return (RemoteFile(AMAZON18_ROOT, f"categoryFilesSmall/{category}_5.json.gz"),
             RemoteFile(AMAZON18_ROOT, f"metaFiles2/meta_{category}.json.gz"))
 
 
-def download(name: str, out: str | Path, base_url: str | None = None, progress: bool = True) -> list[Path]:
-    """Fetch dataset ``name`` (see ``list_datasets``) into ``out`` and return its files there.
+def download(name: str, out: str | Path | None = None, base_url: str | None = None, progress: bool = True,
+             report: Callable[[str], None] | None = None) -> list[Path]:
+    """Fetch dataset ``name`` (see ``list_datasets``) into ``out`` (default: its folder in the data cache,
+    ``cache_folder``) and return its files there.
 
     ``base_url`` replaces each file's root URL, as ``<base_url>/<path>`` (see ``RemoteFile``), to use a mirror.
     The returned paths are the downloaded files followed, for archives, by the files extracted from them; files
-    already present are reused, so a rerun is cheap and finishes an interrupted one. ``download.json`` in ``out``
-    maps each downloaded file name to its URL, size, SHA-256 and MD5.
+    already present (and, where pinned, intact) are reused, so a rerun is cheap and finishes an interrupted one.
+    ``download.json`` in ``out`` maps each downloaded file name to its URL, size, SHA-256 and MD5. ``report``
+    (default: this module's logger) hears, before any byte moves, how much there is to fetch.
     """
     files = resolve(name)
-    out = Path(out)
+    out = Path(out) if out is not None else cache_folder(name)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     manifest = _read_manifest(manifest_path)
+    records = {remote.filename: _complete_record(remote, out, base_url, manifest["files"].get(remote.filename))
+               for remote in files}
+    _announce(canonical_name(name), files, records, out, base_url, report or log.info)
     written: list[Path] = []
     for remote in files:
-        record = _ensure_file(remote, out, base_url, progress, manifest["files"].get(remote.filename))
-        manifest["files"][remote.filename] = record
-        # Written after each file so that an interrupted multi-file run still leaves the finished files pinned.
-        _write_manifest(manifest_path, manifest)
+        record = records[remote.filename] or _download_file(remote, out, base_url, progress)
+        if manifest["files"].get(remote.filename) != record:
+            manifest["files"][remote.filename] = record
+            # Written after each file so that an interrupted multi-file run still leaves the finished files pinned;
+            # a complete folder is not written to (it may be a read-only copy the cache links to).
+            _write_manifest(manifest_path, manifest)
         dest = out / remote.filename
         written.append(dest)
         if remote.unzip:
@@ -136,30 +194,121 @@ def download(name: str, out: str | Path, base_url: str | None = None, progress: 
     return written
 
 
-def _ensure_file(remote: RemoteFile, out: Path, base_url: str | None, progress: bool,
-                 previous: dict | None) -> dict:
+def _announce(name: str, files: tuple[RemoteFile, ...], records: dict, out: Path, base_url: str | None,
+              report: Callable[[str], None]) -> None:
+    missing = [remote for remote in files if records[remote.filename] is None]
+    if not missing:
+        report(f"{name}: all {len(files)} files already in {out}, verified")
+        return
+    known = [remote.size for remote in missing if remote.size is not None]
+    unknown = len(missing) - len(known)
+    size = human_size(sum(known)) if not unknown else (
+        f"{human_size(sum(known))} and {unknown} of unpublished size" if known else "size not published")
+    host = base_url or missing[0].root
+    report(f"{name}: downloading {len(missing)} of {len(files)} files, {size}, from {host} into {out}")
+
+
+def _complete_record(remote: RemoteFile, out: Path, base_url: str | None, previous: dict | None) -> dict | None:
+    """The manifest record of ``remote`` when its final file is in place and passes every published check, else
+    None (a file that fails a check is removed, with a warning, so that it is fetched again)."""
+    dest = out / remote.filename
+    if not dest.exists():
+        return None
+    size = dest.stat().st_size
+    if remote.md5 is None and remote.sha256 is None and previous and previous.get("size") == size:
+        # Files reach their final name only once complete, so with no checksum to hold them to, presence is enough.
+        return previous
+    problem = None if remote.size is None or size == remote.size else f"has {size} bytes, expected {remote.size}"
+    digests = None
+    if problem is None:
+        digests = _digests(dest)
+        problem = _checksum_problem(remote, digests)
+    if problem is None:
+        return _record(remote.url(base_url), dest, digests)
+    log.warning("%s %s; downloading it again", dest, problem)
+    dest.unlink()
+    return None
+
+
+def _checksum_problem(remote: RemoteFile, digests: dict[str, str]) -> str | None:
+    if remote.sha256 is not None and digests["sha256"] != remote.sha256:
+        return f"has SHA-256 {digests['sha256']}, expected {remote.sha256}"
+    if remote.md5 is not None and digests["md5"] != remote.md5:
+        return f"has MD5 {digests['md5']}, expected {remote.md5}"
+    return None
+
+
+def _download_file(remote: RemoteFile, out: Path, base_url: str | None, progress: bool) -> dict:
     dest = out / remote.filename
     url = remote.url(base_url)
-    if dest.exists():
-        # Files reach their final name only once complete, so with no checksum to hold them to, presence is enough.
-        if remote.md5 is None and previous and previous.get("size") == dest.stat().st_size:
-            log.info("%s is already complete; skipping", dest)
-            return previous
-        digests = _digests(dest)
-        if remote.md5 is None or digests["md5"] == remote.md5:
-            log.info("%s is already complete; skipping", dest)
-            return _record(url, dest, digests)
-        log.warning("%s has MD5 %s, expected %s; downloading it again", dest, digests["md5"], remote.md5)
-        dest.unlink()
     part = dest.with_name(dest.name + ".part")
     _fetch(url, part, progress)
     digests = _digests(part)
-    if remote.md5 is not None and digests["md5"] != remote.md5:
+    problem = _checksum_problem(remote, digests)
+    if problem is not None:
         part.unlink()
-        raise DownloadError(f"checksum mismatch for {dest.name} from {url}: expected MD5 {remote.md5}, "
-                            f"got {digests['md5']}; the download was removed, so a rerun starts clean")
+        raise DownloadError(f"checksum mismatch for {dest.name} from {url}: the download {problem}; it was removed "
+                            "(a rerun starts that file clean). If the mirror is right, the file changed upstream.")
     part.replace(dest)
     return _record(url, dest, digests)
+
+
+def cache_folder(name: str) -> Path:
+    """Where dataset ``name`` lives in the data cache: ``$RECALIGN_CACHE/data/<source>/<name>``."""
+    return cache_dir() / "data" / canonical_name(name).replace(":", "/")
+
+
+def local_path(name: str) -> Path:
+    """The path a recipe setting naming dataset ``name`` stands for: its cache folder, or for a dataset that is one
+    file to point at (a teacher's token keywords), that file."""
+    name = canonical_name(name)
+    target = PUBLISHED[name].target if name in PUBLISHED else None
+    return cache_folder(name) / target if target else cache_folder(name)
+
+
+def cache_problems(name: str) -> list[str]:
+    """Without touching the network: what keeps ``name``'s cache folder from being complete (missing files, files
+    failing their pinned size or SHA-256); empty when it is. Nothing is removed."""
+    folder = cache_folder(name)
+    if not folder.is_dir():
+        return [f"{folder} does not exist"]
+    manifest = _read_manifest(folder / MANIFEST) if (folder / MANIFEST).exists() else {"files": {}}
+    problems = []
+    for remote in resolve(name):
+        dest = folder / remote.filename
+        if not dest.exists():
+            problems.append(f"{dest} is missing")
+            continue
+        size = dest.stat().st_size
+        if remote.size is not None and size != remote.size:
+            problems.append(f"{dest} has {size} bytes, expected {remote.size}")
+        elif remote.md5 is not None or remote.sha256 is not None:
+            problem = _checksum_problem(remote, _digests(dest))
+            if problem:
+                problems.append(f"{dest} {problem}")
+        elif manifest["files"].get(remote.filename, {}).get("size") != size:
+            problems.append(f"{dest} is not the size {MANIFEST} recorded (an interrupted download?)")
+    return problems
+
+
+def download_command(name: str) -> str:
+    return f"recalign data download {canonical_name(name)}"
+
+
+def ensure(name: str, offline: bool = False, base_url: str | None = None, progress: bool = True,
+           report: Callable[[str], None] | None = None) -> Path:
+    """``local_path(name)``, downloading what the cache lacks first; with ``offline`` nothing is fetched and an
+    incomplete cache is a DownloadError that gives the command to run."""
+    if offline:
+        problems = cache_problems(name)
+        if problems:
+            raise DownloadError(f"{canonical_name(name)} is not in the data cache ({'; '.join(problems)}) and "
+                                f"--offline forbids fetching it; run `{download_command(name)}` where the network "
+                                f"is reachable (the cache is {cache_dir() / 'data'}, set by RECALIGN_CACHE)")
+        (report or log.info)(f"{canonical_name(name)}: in {cache_folder(name)}, verified")
+    else:
+        download(name, base_url=base_url, progress=progress, report=report)
+    return local_path(name)
 
 
 def _fetch(url: str, part: Path, progress: bool) -> None:

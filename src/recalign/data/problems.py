@@ -13,7 +13,7 @@ from pathlib import Path
 
 # What each repair does, for the summary and the manifest. A repair not listed here is a bug.
 REPAIR_DESCRIPTIONS = {
-    "empty_title": "item with an empty title: title set to 'item <raw id>'",
+    "empty_title": "item with an empty (or JSON null) title: title set to 'item <raw id>'",
     "empty_history": "example with an empty history: example removed",
     "duplicate_interaction": "interaction repeated with the same user, item and timestamp: copy removed",
     "malformed_line": "line that is not valid JSON (or lacks a required field): line skipped",
@@ -24,6 +24,10 @@ REPAIR_DESCRIPTIONS = {
     "stripped, text kept",
     "missing_timestamp": "interaction without a usable timestamp: timestamp set to -1 (unknown), file order kept",
     "duplicate_metadata": "second metadata row for an item already described: the first row kept, this one skipped",
+    "millisecond_timestamps": "a timestamp column every value of which lies past the year 5000 as seconds and "
+    "before it as milliseconds: read as milliseconds",
+    "fractional_timestamp": "timestamp with a fraction of a second: the fraction dropped (equal seconds keep file "
+    "order)",
 }
 
 EXAMPLES_KEPT = 5

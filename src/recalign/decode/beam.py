@@ -90,7 +90,8 @@ def _search_batch(model, prompts: list[list[int]], index: ItemIndex, config: Bea
         inputs = {"inputs_embeds": hooked_embeddings(model, ids.to(model.device), embedding_hook, histories)}
     out = model(**inputs, attention_mask=prompt_mask.to(model.device),
                 position_ids=positions.to(model.device), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache_name = _cache_name()
+    cache = getattr(out, cache_name)
     log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu().repeat_interleave(k, 0)
     cache.batch_repeat_interleave(k)
     prompt_mask = prompt_mask.repeat_interleave(k, 0)
@@ -149,13 +150,21 @@ def _search_batch(model, prompts: list[list[int]], index: ItemIndex, config: Bea
         prompt_mask = prompt_mask[rows.view(-1)]
         mask = torch.cat([prompt_mask, torch.ones((len(new_token), step + 1), dtype=torch.long)], 1)
         out = model(input_ids=new_token.unsqueeze(-1).to(model.device), attention_mask=mask.to(model.device),
-                    position_ids=next_position.unsqueeze(-1).to(model.device), past_key_values=cache,
-                    use_cache=True)
+                    position_ids=next_position.unsqueeze(-1).to(model.device), use_cache=True,
+                    **{cache_name: cache})
         log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
         next_position = next_position + 1
 
     return [Ranked(leaves=final_leaf[u][torch.isfinite(final_score[u])].tolist(),
                    scores=final_score[u][torch.isfinite(final_score[u])].tolist()) for u in range(n_users)]
+
+
+def _cache_name() -> str:
+    """The key-value cache's argument and output name: transformers 5.2x renamed ``past_key_values`` to ``cache``
+    and warns (FutureWarning) on every call that uses the old one."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def _reorder(cache, rows: torch.Tensor, shared: int) -> None:

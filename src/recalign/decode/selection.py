@@ -1,5 +1,10 @@
 """Model selection while fine-tuning: train a few epochs at a time, judge each round by a ranking metric of the
-constrained search on held-out rows, and keep the best model (TCA4Rec's HR@3 on the valid rows)."""
+constrained search on held-out rows, and keep the best model (TCA4Rec's HR@3 on the valid rows).
+
+The metric is item-level by default (strict: a target sharing its title with other items ranks last among
+them); ``lenient`` judges the reference's identifier match instead (any item with the target's title counts).
+``patience`` stops after that many judged rounds without a gain of more than ``min_delta`` (the reference:
+Lightning's EarlyStopping on val HR@3, patience 3, min_delta 0.001); 0 trains every epoch."""
 
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ class Selection:
     metric: str = "HR@3"  # HR@K, NDCG@K or MRR@K; judged with K beams
     split: str = "valid"
     rows: int | None = None  # the split's first N rows (None: all)
+    lenient: bool = False  # judge the identifier match (the reference), not item-level ranks
+    patience: int = 0  # stop after this many rounds without a gain above min_delta (0: never)
+    min_delta: float = 0.001
 
     def check(self, dataset: Dataset) -> tuple[int, ...]:
         """(K,) of the metric; raises ValueError on settings this dataset cannot honour, before any training."""
@@ -35,7 +43,22 @@ class Selection:
                              f"({', '.join(dataset.examples)})")
         if self.rows is not None and self.rows < 1:
             raise ValueError("selection rows must be at least 1")
+        if self.patience < 0:
+            raise ValueError(f"selection patience must be 0 (off) or a number of rounds, not {self.patience}")
         return (int(k),)
+
+    def stale_rounds(self, history: list[dict]) -> int:
+        """Judged rounds since the last gain above ``min_delta`` (EarlyStopping's wait count)."""
+        best, wait = float("-inf"), 0
+        for row in history:
+            if row[self.metric] - self.min_delta > best:
+                best, wait = row[self.metric], 0
+            else:
+                wait += 1
+        return wait
+
+    def stops(self, history: list[dict]) -> bool:
+        return bool(self.patience) and self.stale_rounds(history) >= self.patience
 
 
 def train_with_selection(recommender: LLMRecommender, dataset: Dataset, examples: list[SFTExample],
@@ -53,6 +76,10 @@ def train_with_selection(recommender: LLMRecommender, dataset: Dataset, examples
     ends = sorted({*range(selection.every, sft.epochs, selection.every), sft.epochs})
     result = None
     for epoch in ends:
+        if selection.stops(history):
+            log(f"no {selection.split} {selection.metric} gain above {selection.min_delta} in {selection.patience} "
+                f"rounds: stopped after epoch {history[-1]['epoch']}")
+            break
         if any(row["epoch"] == epoch for row in history):
             continue
         result = sft_train(recommender.model, examples, replace(sft, max_steps=epoch * steps_per_epoch),
@@ -63,8 +90,9 @@ def train_with_selection(recommender: LLMRecommender, dataset: Dataset, examples
                              f"{epoch} ({epoch * steps_per_epoch}); resume with the selection interval of the "
                              "interrupted run")
         recommender.model.eval()
-        score = evaluate_llm(recommender, dataset, selection.split, ks, BeamConfig(num_beams=ks[0]), selection.rows,
-                             progress=state.is_main_process).metrics[selection.metric]
+        judged = evaluate_llm(recommender, dataset, selection.split, ks, BeamConfig(num_beams=ks[0]), selection.rows,
+                              progress=state.is_main_process)
+        score = (judged.identifier_metrics if selection.lenient else judged.metrics)[selection.metric]
         best = max((row[selection.metric] for row in history), default=float("-inf"))
         history.append({"epoch": epoch, selection.metric: score, "kept": score > best})
         if state.is_main_process:
@@ -74,7 +102,8 @@ def train_with_selection(recommender: LLMRecommender, dataset: Dataset, examples
             log(f"epoch {epoch}: {selection.split} {selection.metric} {score:.4f}"
                 + (" (best so far, saved)" if score > best else ""))
         state.wait_for_everyone()
-    if result is None:  # every round was judged before this call: the run had finished
-        result = sft_train(recommender.model, examples, sft, out / "train", loss_hook=loss_hook, resume=True,
+    if result is None:  # every round was judged before this call: the run had finished (or stopped early)
+        last = replace(sft, max_steps=history[-1]["epoch"] * steps_per_epoch) if selection.stops(history) else sft
+        result = sft_train(recommender.model, examples, last, out / "train", loss_hook=loss_hook, resume=True,
                            pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
     return result

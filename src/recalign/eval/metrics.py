@@ -4,6 +4,11 @@ Everything reduces to one number per example: the 0-based rank of the target in 
 ``inf`` when the target is not ranked at all (not generated, or excluded). Ties between scores are broken
 pessimistically (an item scoring the same as the target counts as ranked above it), so a model that
 scores everything equal earns nothing.
+
+A NaN score is a failure of the model, never a rank: ``ranks_from_scores`` refuses it with a
+``NonFiniteScores`` error naming the rows (a NaN compares false with everything, so it would otherwise give
+its target rank -1, a hit with NDCG = inf, or never rank above the target). ``+inf`` is refused the same way;
+``-inf`` stays the documented "not ranked" marker.
 """
 
 from __future__ import annotations
@@ -15,8 +20,24 @@ NOT_RANKED = np.inf
 Z_95 = 1.959963984540054
 
 
+class NonFiniteScores(ValueError):
+    """Scores holding NaN or +inf; ``rows`` are the offending row numbers of the scored batch."""
+
+    def __init__(self, rows: np.ndarray, what: str = "the scorer"):
+        self.rows = np.asarray(rows)
+        shown = ", ".join(str(r) for r in self.rows[:10]) + (" ..." if len(self.rows) > 10 else "")
+        super().__init__(f"{what} gave NaN or +inf scores in {len(self.rows)} row(s) ({shown}); "
+                         "a diverged model cannot be ranked")
+
+
 def ranks_from_scores(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Pessimistic 0-based rank of ``targets[i]`` in row i of ``scores``; ``inf`` where its score is -inf."""
+    """Pessimistic 0-based rank of ``targets[i]`` in row i of ``scores``; ``inf`` where its score is -inf.
+
+    Raises ``NonFiniteScores`` when any score is NaN or +inf.
+    """
+    bad = np.isnan(scores) | np.isposinf(scores)
+    if bad.any():
+        raise NonFiniteScores(np.flatnonzero(bad.any(axis=1)))
     target_scores = np.take_along_axis(scores, targets[:, None], axis=1)
     ranks = (scores >= target_scores).sum(axis=1).astype(np.float64) - 1
     ranks[np.isneginf(target_scores[:, 0])] = NOT_RANKED

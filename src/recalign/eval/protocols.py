@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .metrics import ranks_from_scores
+from .metrics import NonFiniteScores, ranks_from_scores
 
 
 class Scorer(Protocol):
@@ -34,6 +34,14 @@ def mask_histories(scores: np.ndarray, histories: Sequence[np.ndarray]) -> None:
     scores[rows, np.concatenate(histories) if len(histories) else []] = -np.inf
 
 
+def batch_ranks(scores: np.ndarray, targets: np.ndarray, start: int, scorer: Scorer) -> np.ndarray:
+    """``ranks_from_scores`` on rows ``start:``, a NaN score reported with the scorer and the split's row numbers."""
+    try:
+        return ranks_from_scores(scores, targets)
+    except NonFiniteScores as exc:
+        raise NonFiniteScores(exc.rows + start, type(scorer).__name__) from None
+
+
 def full_ranking_ranks(scorer: Scorer, histories: Sequence[np.ndarray], targets: np.ndarray,
                        exclude_history: bool = False, batch_size: int = 1024) -> np.ndarray:
     """Rank of every target among all catalogue items."""
@@ -44,7 +52,7 @@ def full_ranking_ranks(scorer: Scorer, histories: Sequence[np.ndarray], targets:
         if exclude_history:
             scores = scores.copy()  # scorers may hand out shared or read-only arrays
             mask_histories(scores, batch)
-        ranks[start:start + batch_size] = ranks_from_scores(scores, targets[start:start + batch_size])
+        ranks[start:start + batch_size] = batch_ranks(scores, targets[start:start + batch_size], start, scorer)
     return ranks
 
 
@@ -79,5 +87,5 @@ def sampled_ranks(scorer: Scorer, histories: Sequence[np.ndarray], targets: np.n
     for start in range(0, len(targets), batch_size):
         scores = np.asarray(scorer.score(histories[start:start + batch_size]))
         chosen = np.take_along_axis(scores, candidates[start:start + batch_size], axis=1)
-        ranks[start:start + batch_size] = ranks_from_scores(chosen, np.zeros(len(chosen), dtype=np.int64))
+        ranks[start:start + batch_size] = batch_ranks(chosen, np.zeros(len(chosen), dtype=np.int64), start, scorer)
     return ranks

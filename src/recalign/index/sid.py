@@ -260,12 +260,15 @@ def build_sids(embeddings: np.ndarray, raw_ids: list[str], config: QuantizerConf
     return SemanticIDs(sids, list(raw_ids), meta), log
 
 
-def sid_index(sids: list[list[str]], tokenizer) -> ItemIndex:
-    """The item index of SIDs under a tokenizer that already holds every SID token as one id."""
+def sid_index(sids: list[list[str]], tokenizer, target_suffix: str = "") -> ItemIndex:
+    """The item index of SIDs under a tokenizer that already holds every SID token as one id; ``target_suffix``
+    (MiniOneRec's reference layout: "\n") follows every SID before EOS."""
     vocabulary = tokenizer.get_vocab()
     missing = [t for t in sid_tokens(sids) if t not in vocabulary]
     if missing:
         raise ValueError(f"{len(missing)} SID tokens are not in the tokenizer (e.g. {missing[0]}); add them first")
-    sequences = [[vocabulary[t] for t in sid] for sid in sids]
-    meta = {"tokenizer": getattr(tokenizer, "name_or_path", ""), "levels": max(map(len, sids))}
+    suffix = list(tokenizer(target_suffix, add_special_tokens=False).input_ids) if target_suffix else []
+    sequences = [[vocabulary[t] for t in sid] + suffix for sid in sids]
+    meta = {"tokenizer": getattr(tokenizer, "name_or_path", ""), "levels": max(map(len, sids)),
+            "target_suffix": target_suffix}
     return ItemIndex.from_sequences(sequences, tokenizer.eos_token_id, kind="sid", meta=meta)

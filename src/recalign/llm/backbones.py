@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cache import cache_dir
+from ..precision import resolve_precision
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +41,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "smollm2-135m-instruct"
 # All must exist before a cached folder counts: they are the last files save_pretrained writes.
 CACHE_MARKERS = ("config.json", "model.safetensors", "tokenizer.json")
-PRECISIONS = ("bf16", "fp32")
 
 
 def smollm2_gguf() -> Path:
@@ -98,12 +98,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def torch_dtype(precision: str) -> torch.dtype:
+    """The weights' dtype for ``precision`` ("auto" resolved for this machine, see ``recalign.precision``)."""
     import torch
 
-    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
-    if precision not in dtypes:
-        raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    return dtypes[precision]
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[resolve_precision(precision)]
 
 
 def scratch_config(spec: str) -> TinyConfig | None:
@@ -172,9 +170,9 @@ def _tiny_model(tokenizer: Any, tiny: TinyConfig, seed: int) -> Any:
         return LlamaForCausalLM(config)
 
 
-def load_backbone(spec: str, precision: str = "bf16", seed: int = 0,
+def load_backbone(spec: str, precision: str = "auto", seed: int = 0,
                   tiny: TinyConfig | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for ``spec`` (see the module docstring) in ``precision`` ("bf16" or "fp32")."""
+    """``(model, tokenizer)`` for ``spec`` (see the module docstring) in ``precision`` ("auto", "bf16" or "fp32")."""
     dtype = torch_dtype(precision)
     tokenizer = load_tokenizer(spec)
     sizes = scratch_config(spec)
@@ -211,6 +209,16 @@ def apply_lora(model: Any, settings: LoraSettings, trainable_tokens: dict[str, l
                         trainable_token_indices=trainable_tokens or None)
     with seeded_draws(seed):
         return get_peft_model(model, config)
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute each layer's activations in backward, non-reentrant (gradients then reach LoRA weights although
+    the frozen embeddings' outputs need none). transformers 5.2x renamed ``gradient_checkpointing_enable``, which
+    now warns on every call, to ``activation_checkpointing_enable``."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def unwrap_causal_lm(model: Any) -> Any:

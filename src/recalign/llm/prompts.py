@@ -60,6 +60,12 @@ class PromptTemplate:
     separator: str = "bos"
     user_token: str = ""
     layout: str = "text"
+    # MiniOneRec's reference layout (``alpaca(..., reference=True)``): the text before the instruction / input
+    # and before the response, what follows the stripped prompt ("\n" after "### Response:") and what every target
+    # ends with before EOS ("\n")
+    block_separators: tuple[str, str] = ("\n\n", "\n\n")
+    suffix: str = ""
+    target_suffix: str = ""
 
     def __post_init__(self) -> None:
         if self.separator not in SEPARATORS:
@@ -71,15 +77,17 @@ class PromptTemplate:
                              "text has no {history}, no chat markup and no CF placeholders")
         if self.layout == "text" and "{history}" not in self.input_line:
             raise ValueError(f"template {self.name!r}: input_line has no {{history}} placeholder")
+        object.__setattr__(self, "block_separators", tuple(self.block_separators))  # a list when read from JSON
 
     def text(self, history_titles: list[str], domain: str = "items") -> str:
         """The prompt text (for a chat template: the user message); placeholders are replaced literally, so titles
         holding braces are safe."""
         history = self.joiner.join(self.item_format.replace("{title}", title) for title in history_titles)
-        blocks = (self.instruction.replace("{domain}", domain), self.input_line.replace("{history}", history),
-                  self.response)
+        first, second = self.block_separators
+        text = (self.instruction.replace("{domain}", domain) + first + self.input_line.replace("{history}", history)
+                + second + self.response)
         # TCA4Rec strips the whole string after substitution (§1.2), then prepends [UserEmb] with use_feature
-        return self.user_token + "\n\n".join(blocks).strip()
+        return self.user_token + text.strip() + self.suffix
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -115,13 +123,21 @@ ALPACA_HEADER = ("Below is an instruction that describes a task, paired with an 
                  "Write a response that appropriately completes the request. ")
 
 
-def alpaca(name: str, instruction: str, user_input: str) -> PromptTemplate:
+def alpaca(name: str, instruction: str, user_input: str, reference: bool = False,
+           short_instruction: bool = False) -> PromptTemplate:
     """MiniOneRec's prompt layout (TS-Rec §2.2): the Alpaca header, ``### Instruction:``, ``### User Input:`` and
-    ``### Response:``, after which the target follows directly (the whole text is stripped, so the newline after
-    ``### Response:`` is not part of it). ``user_input`` holds ``{history}``: the items, or one text."""
-    return PromptTemplate(name=name, instruction=f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}",
-                          input_line=f"### User Input: \n{user_input}", response="### Response:",
-                          item_format="{title}", separator="none")
+    ``### Response:``. ``user_input`` holds ``{history}``: the items, or one text.
+
+    recalign's layout strips the text, so the target follows ``### Response:`` directly and ends with EOS. With
+    ``reference``, the reference's bytes: ``### Response:\n``, targets ending ``\n`` then EOS, and with
+    ``short_instruction`` (TS-Align's block) a single newline, not a blank line, after the instruction."""
+    template = PromptTemplate(name=name, instruction=f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}",
+                              input_line=f"### User Input: \n{user_input}", response="### Response:",
+                              item_format="{title}", separator="none")
+    if not reference:
+        return template
+    return replace(template, name=f"{name}-reference", suffix="\n", target_suffix="\n",
+                   block_separators=("\n" if short_instruction else "\n\n", "\n\n"))
 
 
 # MiniOneRec's next-SID task (T1): the history SIDs, oldest first, joined by ", " as in the reference
@@ -130,12 +146,20 @@ MINIONEREC = alpaca(
     "The user has interacted with items {history} in chronological order. Can you predict the next possible item "
     "that the user may expect?")
 
+# the same with the reference's bytes (``### Response:\n``, targets ending "\n"): a reference checkpoint reads what
+# it was trained on
+MINIONEREC_REFERENCE = alpaca(
+    "minionerec", "Can you predict the next possible item that the user may expect?",
+    "The user has interacted with items {history} in chronological order. Can you predict the next possible item "
+    "that the user may expect?", reference=True)
+
 # The history at the end, each item as its identifier + EOS (titles or SIDs): the layout of the sequence objective
 # (short: the header is paid once per row, and a row holds few items when histories are short)
 SEQUENCE = PromptTemplate(name="sequence", instruction="The {domain} a user chose, oldest first:", input_line="",
                           response="", item_format="{title}", separator="none", layout="sequence")
 
-TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (TCA4REC, CHAT, TCA4REC_FEATURE, MINIONEREC, SEQUENCE)}
+TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (TCA4REC, CHAT, TCA4REC_FEATURE, MINIONEREC,
+                                                            MINIONEREC_REFERENCE, SEQUENCE)}
 
 
 def get_template(name: str) -> PromptTemplate:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from ..data.sequences import UserSequences, chain_examples
 from ..index import ItemIndex
 from ..index.sid import SemanticIDs, sid_index, sid_text, sid_tokens
 from ..index.titles import title_index
+from ..precision import check_precision, resolve_precision
 from .backbones import LoraSettings, apply_lora, load_backbone, scratch_config, seeded_draws, torch_dtype
 from .hooks import HOOK_RECORD, EmbeddingHook, load_hook, save_hook
 from .prompts import PLACEHOLDERS, PromptTemplate, encode_prompt, get_template, recent_items
@@ -51,7 +52,8 @@ ADDED_ROWS = "added_token_embeddings.safetensors"
 @dataclass
 class RecommenderConfig:
     backbone: str = "smollm2-135m"  # "smollm2-135m", "tiny", a hub id or a local path
-    precision: str = "bf16"
+    precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32: recalign.precision), "bf16" or
+    # "fp32"; a created recommender holds (and saves) the resolved one
     finetune: str = "lora"  # "lora": adapters only; "full": every weight; "frozen": none (only a hook's weights
     # train, e.g. A-LLMRec's projectors)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -61,6 +63,7 @@ class RecommenderConfig:
     seed: int = 0
     use_feature: bool = False  # CF embeddings at [UserEmb] / [ItemEmb] placeholders (TCA4Rec's --use_feature)
     feature_frozen: bool = False  # the reference's bug: the feature MLPs are never trained (random init)
+    feature_shared_mlp: bool = False  # one MLP for CF users and items (the reference); default: one each
     identifier: str = "title"  # "title", or "sid": semantic-ID tokens added to the vocabulary (recalign.index.sid)
 
     def __post_init__(self) -> None:
@@ -68,13 +71,13 @@ class RecommenderConfig:
             raise ValueError(f"finetune must be one of {', '.join(FINETUNE)}, not {self.finetune!r}")
         if self.identifier not in IDENTIFIERS:
             raise ValueError(f"identifier must be one of {', '.join(IDENTIFIERS)}, not {self.identifier!r}")
-        if self.feature_frozen and not self.use_feature:
-            raise ValueError("feature_frozen applies to use_feature only")
+        if (self.feature_frozen or self.feature_shared_mlp) and not self.use_feature:
+            raise ValueError("feature_frozen and feature_shared_mlp apply to use_feature only")
         if self.backbone.startswith("scratch:") and self.finetune != "full":
             raise ValueError(f"a from-scratch backbone ({self.backbone}) trains every weight: finetune 'full'")
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**{**self.lora, "targets": tuple(self.lora["targets"])})
-        torch_dtype(self.precision)
+        check_precision(self.precision)
 
     @property
     def saves_full_model(self) -> bool:
@@ -169,6 +172,7 @@ class LLMRecommender:
             raise ValueError("token_init initialises SID tokens: it needs semantic IDs")
         if sids is not None:
             check_same_catalogue(sids.raw_ids, dataset, "set of semantic IDs")
+        config = replace(config, precision=resolve_precision(config.precision))  # saved as resolved
         model, tokenizer = load_backbone(config.backbone, config.precision, config.seed)
         injector, added, trained_rows = None, [], []
         if feature_hook is not None:
@@ -189,7 +193,8 @@ class LLMRecommender:
         if config.finetune == "lora":
             # SID tokens are new words: their rows must learn, which LoRA alone would never let them
             model = apply_lora(model, config.lora, _embedding_rows(model, trained_rows), config.seed)
-        index = sid_index(sids.sids, tokenizer) if sids is not None else title_index(dataset.titles, tokenizer)
+        index = (sid_index(sids.sids, tokenizer, template.target_suffix) if sids is not None
+                 else title_index(dataset.titles, tokenizer))
         return cls(model, tokenizer, index, config, dataset.titles, dataset.raw_ids, template, injector,
                    sids.sids if sids is not None else None, rows)
 
@@ -285,7 +290,8 @@ class LLMRecommender:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"recommender": asdict(self.config), "template": asdict(self.template), "n_items": len(self.raw_ids),
-                  "catalogue_fingerprint": catalogue_fingerprint(self.raw_ids), "added_tokens": list(self.added_rows)}
+                  "catalogue_fingerprint": catalogue_fingerprint(self.raw_ids, self.titles),
+                  "added_tokens": list(self.added_rows)}
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         items = [{"raw_id": raw, "title": title} for raw, title in zip(self.raw_ids, self.titles)]
         for item, sid in zip(items, self.sids or []):
@@ -314,24 +320,21 @@ class LLMRecommender:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, dataset: Dataset | None = None, merge: bool = True,
-                        device: str | None = None) -> LLMRecommender:
+                        device: str | None = None, precision: str | None = None) -> LLMRecommender:
         """Loads a saved recommender; with ``dataset``, refuses one whose catalogue differs. ``merge`` folds a
-        LoRA adapter into the weights, which makes inference as fast as the bare backbone."""
+        LoRA adapter into the weights, which makes inference as fast as the bare backbone. ``precision`` ("auto",
+        "bf16" or "fp32") loads the weights in another precision than the saved one (None keeps it)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         directory = Path(directory)
-        if not (directory / "config.json").exists():
-            raise FileNotFoundError(f"{directory} is not a saved LLM recommender (no config.json)")
-        saved = json.loads((directory / "config.json").read_text())
-        if "recommender" not in saved:
-            raise FileNotFoundError(f"{directory} is not a saved LLM recommender (its config.json is another kind)")
+        saved, items = saved_catalogue(directory)
         config = RecommenderConfig(**saved["recommender"])
-        items = json.loads((directory / "items.json").read_text())
+        config = replace(config, precision=resolve_precision(precision or config.precision))
         raw_ids, titles = [row["raw_id"] for row in items], [row["title"] for row in items]
         sids = [row["sid"] for row in items] if config.identifier == "sid" else None
         if dataset is not None:
-            check_same_catalogue(raw_ids, dataset, "LLM recommender")
+            check_same_catalogue(raw_ids, dataset, "LLM recommender", trained_titles=titles)
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
         rows = {}
         if (directory / "model").exists():
@@ -359,6 +362,18 @@ class LLMRecommender:
         return cls(model, tokenizer, ItemIndex.from_pretrained(directory / "index"), config, titles, raw_ids,
                    PromptTemplate(**saved["template"]),  # the saved text, even if the template file changed since
                    injector, sids, rows)
+
+
+def saved_catalogue(directory: str | Path) -> tuple[dict, list[dict]]:
+    """A saved recommender's config.json and items.json (raw id, title, SID per item id), read without loading
+    its model: commands check their item references against it before paying for the load."""
+    directory = Path(directory)
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"{directory} is not a saved LLM recommender (no config.json)")
+    saved = json.loads((directory / "config.json").read_text())
+    if "recommender" not in saved:
+        raise FileNotFoundError(f"{directory} is not a saved LLM recommender (its config.json is another kind)")
+    return saved, json.loads((directory / "items.json").read_text())
 
 
 def _placeholder_ids(tokenizer: Any) -> list[int]:

@@ -12,6 +12,7 @@ identifiers of the item index, so only they carry the target item (``SFTExample.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from .prompts import alpaca, encode_prompt
 from .train import SFTExample
@@ -27,8 +28,16 @@ NEXT_TITLE = alpaca("next-title", "Can you recommend the next item for the user 
                     "him? Tell me the title of the item")
 
 
-def text_target(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False).input_ids) + [int(tokenizer.eos_token_id)]
+def text_target(tokenizer, text: str, suffix: str = "") -> list[int]:
+    """The text's ids, then EOS; ``suffix`` ("\n" in MiniOneRec's reference layout) ends the text first."""
+    return list(tokenizer(text + suffix, add_special_tokens=False).input_ids) + [int(tokenizer.eos_token_id)]
+
+
+def in_layout(template, like) -> object:
+    """``template`` in the prompt layout of ``like`` (the recommender's): the reference's bytes when it has them."""
+    if not like.target_suffix:
+        return template
+    return replace(template, name=f"{template.name}-reference", suffix=like.suffix, target_suffix=like.target_suffix)
 
 
 def check_tasks(tasks: tuple[str, ...], identifier: str) -> None:
@@ -52,6 +61,7 @@ def task_examples(recommender, dataset, split: str, tasks: tuple[str, ...] = SID
         raise ValueError(f"rows must be one of {', '.join(ROW_KINDS)}, not {rows!r}")
     check_tasks(tuple(tasks), recommender.config.identifier)
     tokenizer = recommender.tokenizer
+    layout = recommender.template
 
     def encode(template, text: str) -> list[int]:
         return encode_prompt(tokenizer, template, [text])
@@ -64,23 +74,24 @@ def task_examples(recommender, dataset, split: str, tasks: tuple[str, ...] = SID
         first_with_title = {}
         for item, title in enumerate(recommender.titles):
             first_with_title.setdefault(title, item)
-        out["title_to_sid"] = [SFTExample(encode(TITLE_TO_SID, title), recommender.index.tokens(item))
-                               for title, item in first_with_title.items()]
+        out["title_to_sid"] = [SFTExample(encode(in_layout(TITLE_TO_SID, layout), title),
+                                          recommender.index.tokens(item)) for title, item in first_with_title.items()]
     if "sid_to_title" in tasks:
         first_with_sid = {}
         for item, sid in enumerate(recommender.identifiers):
             first_with_sid.setdefault(sid, item)
-        out["sid_to_title"] = [SFTExample(encode(SID_TO_TITLE, sid), text_target(tokenizer, recommender.titles[item]))
+        out["sid_to_title"] = [SFTExample(encode(in_layout(SID_TO_TITLE, layout), sid),
+                                          text_target(tokenizer, recommender.titles[item], layout.target_suffix))
                                for sid, item in first_with_sid.items()]
     if "next_title" in tasks:
         frame = dataset.split(split)
         if max_rows is not None:
             frame = frame.iloc[:max_rows]
-        template, limit = NEXT_TITLE, recommender.config.max_history
+        template, limit = in_layout(NEXT_TITLE, layout), recommender.config.max_history
         out["next_title"] = [
             SFTExample(encode_prompt(tokenizer, template, [recommender.identifiers[int(i)] for i in history],
                                      max_history=limit),
-                       text_target(tokenizer, recommender.titles[int(target)]))
+                       text_target(tokenizer, recommender.titles[int(target)], layout.target_suffix))
             for history, target in zip(frame["history"], frame["target"])]
     return out
 

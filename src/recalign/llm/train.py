@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import math
 import os
@@ -53,7 +54,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .backbones import unwrap_causal_lm
+from ..cf.trainer import TrainingDiverged
+from ..precision import resolve_precision
+from .backbones import enable_activation_checkpointing, unwrap_causal_lm
 from .hooks import EmbeddingHook, hooked_embeddings
 
 CHECKPOINT = "checkpoint"
@@ -139,7 +142,8 @@ class SFTConfig:
     weight_decay: float = 0.01  # not on biases / norm weights
     warmup_steps: int = 20  # linear warm-up then linear decay to 0 over the real number of optimiser steps
     max_grad_norm: float = 1.0  # 0 = no clipping
-    precision: str = "bf16"  # "bf16" (autocast via accelerate mixed_precision) or "fp32"
+    precision: str = "auto"  # "bf16" (autocast via accelerate mixed_precision), "fp32", or "auto": bf16 where the
+    # hardware computes it natively (recalign.precision)
     seed: int = 42
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = once per epoch
     log_every: int = 10  # optimiser steps between console lines (the CSV gets every step)
@@ -148,6 +152,13 @@ class SFTConfig:
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward: far less memory, ~1/3
     # more compute
     pack_length: int = 0  # > 0: pack a micro-batch's examples into rows of at most this many tokens (see collate)
+    optimizer: str = "adamw"  # "adamw" (eps 1e-6) or "adam" (betas 0.9/0.98, eps 1e-8: A-LLMRec's stage 2)
+    schedule: str = "linear"  # "linear" (warm-up, then decay to 0) or "constant" (A-LLMRec's stage 2)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "adam") or self.schedule not in ("linear", "constant"):
+            raise ValueError(f"optimizer is 'adamw' or 'adam' and schedule 'linear' or 'constant', not "
+                             f"{self.optimizer!r} and {self.schedule!r}")
 
 
 @dataclass
@@ -334,15 +345,14 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
     ``embedding_hook`` rewrites the input embeddings (``EmbeddingHook``); its trainable weights train with the
     model's and are trained in place too."""
     out = Path(out)
-    if config.precision not in ("bf16", "fp32"):
-        raise ValueError(f"unknown precision {config.precision!r}: expected bf16 or fp32")
+    precision = resolve_precision(config.precision)
     if not examples:
         raise ValueError("no training examples")
     if config.pack_length and embedding_hook is not None:
         raise ValueError("packing puts several examples in one row, and an embedding hook reads one history per "
                          "row: train with pack_length 0")
     loss_hook = loss_hook or cross_entropy_loss
-    mixed_precision = "bf16" if config.precision == "bf16" else "no"
+    mixed_precision = "bf16" if precision == "bf16" else "no"
     _allow_precision(mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
@@ -357,16 +367,20 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
 
     if config.gradient_checkpointing:
         # non-reentrant: gradients reach LoRA weights even though the frozen embeddings' outputs need none
-        unwrap_causal_lm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(unwrap_causal_lm(model))
     trained = LabelPositionLM(model, embedding_hook)
     sharded = accelerator.distributed_type == DistributedType.FSDP
     if sharded:
         _configure_fsdp(accelerator)
         trained.to("cpu")  # the whole model waits in host memory while its shards train
     lm = _shardable_copy(trained) if sharded else trained
-    optimiser = torch.optim.AdamW(param_groups(lm, config.weight_decay), lr=config.lr, eps=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, partial(linear_schedule, warmup=config.warmup_steps, total=total_steps))
+    if config.optimizer == "adam":
+        optimiser = torch.optim.Adam(param_groups(lm, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-8)
+    else:
+        optimiser = torch.optim.AdamW(param_groups(lm, config.weight_decay), lr=config.lr, eps=1e-6)
+    schedule = (partial(linear_schedule, warmup=config.warmup_steps, total=total_steps)
+                if config.schedule == "linear" else lambda step: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
     lm, optimiser, scheduler = accelerator.prepare(lm, optimiser, scheduler)
     if accelerator.gradient_accumulation_steps != accum:
         raise ValueError(f"the launch configuration (DeepSpeed?) set {accelerator.gradient_accumulation_steps} "
@@ -378,7 +392,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
     state = TrainState()
     checkpoint = _find_checkpoint(out) if resume else None
     if checkpoint is not None:
-        state = _load_checkpoint(accelerator, checkpoint, config)
+        state = _load_checkpoint(accelerator, checkpoint, config, examples_digest(examples))
         if show:
             tqdm.write(f"resuming after step {state.global_step} (epoch {state.epoch + 1})")
     if accelerator.is_main_process:
@@ -429,6 +443,9 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
                 continue
 
             loss = accelerator.reduce(label_loss, "sum").item() / max(1, step_labels[step])
+            if not math.isfinite(loss):  # every process sees the same reduced loss, so all stop together
+                raise TrainingDiverged(f"optimiser step {state.global_step + 1} (epoch {epoch + 1}): the loss is "
+                                       f"{loss}; the last checkpoint in {out} is from before it (lower --lr?)")
             label_loss.zero_()
             seconds = time.perf_counter() - started
             state.global_step += 1
@@ -451,7 +468,7 @@ def sft_train(model: nn.Module, examples: list[SFTExample], config: SFTConfig, o
                 state.epoch, state.step_in_epoch = epoch + 1, 0
             if (state.global_step >= stop_at or (state.step_in_epoch == 0 and not config.checkpoint_every)
                     or (config.checkpoint_every and state.global_step % config.checkpoint_every == 0)):
-                _save_checkpoint(accelerator, out, state, config)
+                _save_checkpoint(accelerator, out, state, config, examples_digest(examples))
             if state.global_step >= stop_at:
                 break
             started = time.perf_counter()
@@ -527,7 +544,11 @@ def _load_trainable(module: nn.Module, models: list, input_dir: str) -> None:
     with safe_open(Path(input_dir) / "model.safetensors", "pt", device="cpu") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
-    _, unexpected = module.load_state_dict(tensors, strict=False)
+    try:
+        _, unexpected = module.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: another LoRA rank, another model size
+        raise ValueError(f"{input_dir} does not hold this model's trainable weights (another size: "
+                         f"{str(exc).splitlines()[-1].strip()})") from None
     if unexpected or trainable - tensors.keys():
         raise ValueError(f"{input_dir} does not hold this model's trainable weights: a different model or adapter?")
     models.clear()  # loaded: accelerate must not load them again
@@ -541,7 +562,17 @@ def _find_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, config: SFTConfig) -> None:
+def examples_digest(examples: Sequence[SFTExample]) -> str:
+    """The training rows' count and a digest of their tokens: another --data, --max-train-rows, prompt, backbone or
+    task mix gives other rows, which a checkpoint must not be resumed on."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.prompt_ids, example.target_ids, example.label_mask, example.item]).encode())
+    return f"{len(examples):,} rows, digest {digest.hexdigest()[:12]}"
+
+
+def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, config: SFTConfig,
+                     examples: str | None = None) -> None:
     """Written to a temporary folder and swapped in, so an interruption never leaves half a checkpoint."""
     tmp, old, final = out / (CHECKPOINT + ".tmp"), out / (CHECKPOINT + ".old"), out / CHECKPOINT
     if accelerator.is_main_process:
@@ -550,7 +581,8 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, con
     accelerator.save_state(tmp)  # every process: each writes its RNG state (and its shards, when sharded)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / PROGRESS).write_text(json.dumps({"state": asdict(state), "config": asdict(config)}))
+        (tmp / PROGRESS).write_text(json.dumps({"state": asdict(state), "config": asdict(config),
+                                                "examples": examples}))
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)  # left by an interruption during the removal below
             os.replace(final, old)
@@ -559,16 +591,29 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, con
     accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(accelerator: Accelerator, directory: Path, config: SFTConfig) -> TrainState:
-    saved = json.loads((directory / PROGRESS).read_text())
-    changed = [k for k in RESUME_KEYS if saved["config"][k] != getattr(config, k)]
+def _load_checkpoint(accelerator: Accelerator, directory: Path, config: SFTConfig,
+                     examples: str | None = None) -> TrainState:
+    try:
+        saved = json.loads((directory / PROGRESS).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot resume from {directory / PROGRESS}: the file is damaged ({exc})") from exc
+    changed = [f"{k} {saved['config'][k]!r} (now {getattr(config, k)!r})" for k in RESUME_KEYS
+               if saved["config"][k] != getattr(config, k)]
+    if saved.get("examples", examples) != examples:  # checkpoints of earlier versions recorded no examples
+        changed.append(f"training examples {saved['examples']} (now {examples})")
     if changed:
-        raise ValueError(f"cannot resume {directory}: {', '.join(changed)} differ from the interrupted run")
+        raise ValueError(f"cannot resume {directory}: {'; '.join(changed)} differ from the interrupted run")
     written_sharded = any(directory.glob("pytorch_model_fsdp*"))  # accelerate's names for FSDP model states
     if written_sharded != (accelerator.distributed_type == DistributedType.FSDP):
         raise ValueError(f"cannot resume {directory}: it was written {'under' if written_sharded else 'without'} "
                          "FSDP, and FSDP's sharded checkpoints and the others do not load into each other")
-    accelerator.load_state(directory)
+    try:
+        accelerator.load_state(directory)
+    except ValueError:
+        raise
+    except Exception as exc:  # torch.load and safetensors raise many kinds (EOFError, RuntimeError, their own)
+        raise ValueError(f"cannot resume from {directory}: a checkpoint file is damaged or truncated "
+                         f"({type(exc).__name__}: {exc})") from exc
     return TrainState(**saved["state"])
 
 

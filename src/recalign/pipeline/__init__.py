@@ -3,7 +3,8 @@ alignment and the evaluation; the run executes the stages in order, each in a fo
 settings that produced it (its own and its inputs'), skips stages already finished with the same settings and
 resumes an interrupted one from its checkpoints."""
 
-from .recipe import Recipe, RecipeError, load_recipe, packaged_recipes
+from .recipe import Recipe, RecipeError, load_recipe, named_data, packaged_recipes, with_local_data
 from .run import StageOutcome, run_recipe, stage_keys
 
-__all__ = ["Recipe", "RecipeError", "StageOutcome", "load_recipe", "packaged_recipes", "run_recipe", "stage_keys"]
+__all__ = ["Recipe", "RecipeError", "StageOutcome", "load_recipe", "named_data", "packaged_recipes", "run_recipe",
+           "stage_keys", "with_local_data"]

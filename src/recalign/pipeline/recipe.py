@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Sequence
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 from ..align.allmrec import Stage1Config
 from ..align.tca import TCAConfig
 from ..cf import TrainConfig
+from ..data import download as downloads
 from ..data.formats import PrepareOptions
 from ..decode.selection import Selection
 from ..index.rqvae import QuantizerConfig
@@ -44,7 +45,8 @@ class Synth:
 @dataclass
 class DataStage:
     format: str = "synth"  # "synth": the embedded synthetic catalogue; else a `recalign data prepare` format
-    source: str | None = None  # the raw files' folder (a relative path starts where `recalign run` runs)
+    source: str | None = None  # a dataset name (tca4rec:Toys_and_Games, fetched into the data cache) or the raw
+    # files' folder (a relative path starts where `recalign run` runs)
     synth: Synth = field(default_factory=Synth)
     prepare: PrepareOptions = field(default_factory=PrepareOptions)
 
@@ -86,7 +88,8 @@ class LLMStage:
     tasks: tuple[str, ...] = SID_TASKS  # MiniOneRec's task mix (a title recommender trains next_item alone)
     sa_init: bool = False  # TS-Rec SA-Init of the SID token rows
     ts_align: bool = False  # TS-Rec TS-Align tasks in the mix
-    semantics: str = "tfidf"  # token keywords/descriptions: "tfidf", "teacher" or a teacher file
+    semantics: str = "tfidf"  # token keywords/descriptions: "tfidf", "teacher", a teacher file or a dataset name
+    # (tsrec:Industrial_and_Scientific)
     teacher: str | None = None  # the teacher LLM for semantics "teacher" (default: the backbone)
     max_examples: int | None = None  # examples drawn from the task mix, every task by the same fraction
 
@@ -108,16 +111,18 @@ class AllmrecStage:
     stage1: Stage1Config = field(default_factory=Stage1Config)
     recommender: RecommenderConfig = field(default_factory=_frozen)  # backbone, precision, max_history, seed
     train: SFTConfig = field(default_factory=_stage2_training)
-    soft_tokens: bool = True  # False: the LLM-only baseline (set recommender.finetune: lora)
+    soft_tokens: bool = True  # False: a prompt-only baseline, zero-shot (recommender.finetune: frozen, the paper's
+    # LLM-only) or LoRA-tuned (finetune: lora, TALLRec-like)
+    cf_dropout: bool = False  # stage 2's CF model in train mode (the official code); stage 1's is stage1.cf_dropout
     epochs: int = 1  # passes over the rows, fresh negatives each
     max_train_rows: int | None = None
     n_candidates: int = 20
     dataset_name: str = ""  # the Amazon category, for the prompt's words
 
     def __post_init__(self) -> None:
-        if self.soft_tokens != (self.recommender.finetune == "frozen"):
-            raise RecipeError("allmrec.recommender.finetune is frozen with soft tokens (only the projectors train) "
-                              "and lora or full without them (the LLM-only baseline)")
+        if self.soft_tokens and self.recommender.finetune != "frozen":
+            raise RecipeError("allmrec.recommender.finetune is frozen with soft tokens (only the projectors train); "
+                              "without them frozen is the zero-shot baseline, lora or full the tuned one")
         if self.train.epochs != 1:
             raise RecipeError("allmrec.train.epochs must be 1: allmrec.epochs sets the passes (fresh negatives each)")
 
@@ -134,9 +139,26 @@ class EvalStage:
 
 
 @dataclass
+class Measured:
+    """One measured run of the whole recipe as packaged: ``recalign run NAME`` from an empty run folder."""
+
+    seconds: float
+    machine: str  # the CPU (lscpu model name, cores) and GPU, if any
+    gpu: bool  # whether the run had a GPU
+    date: str = ""
+
+
+@dataclass
+class Runtime:
+    gpu: bool = False  # needs a CUDA GPU: on a CPU it would run for days
+    measured: tuple[Measured, ...] = ()
+
+
+@dataclass
 class Recipe:
     name: str
     description: str = ""
+    runtime: Runtime = field(default_factory=Runtime)
     data: DataStage = field(default_factory=DataStage)
     index: IndexStage | None = None
     cf: CFStage | None = None
@@ -149,6 +171,8 @@ class Recipe:
             raise RecipeError(f"data.format must be one of {', '.join(FORMATS)}, not {self.data.format!r}")
         if (self.data.format == "synth") == (self.data.source is not None):
             raise RecipeError("data.source names the raw files of every format but synth, which takes none")
+        if self.data.source is not None and downloads.is_dataset_name(self.data.source):
+            self.data.source = _checked_name(self.data.source, "data.source", self.data.format)
         if self.llm is not None:
             if self.llm.align not in ALIGNMENTS:
                 raise RecipeError(f"llm.align must be one of {', '.join(ALIGNMENTS)}, not {self.llm.align!r}")
@@ -164,10 +188,50 @@ class Recipe:
             if not sid and (self.llm.sa_init or self.llm.ts_align or self.llm.tasks != SID_TASKS):
                 raise RecipeError("llm.tasks, sa_init and ts_align apply to semantic-ID recommenders "
                                   "(llm.recommender.identifier: sid)")
+            if downloads.is_dataset_name(self.llm.semantics):
+                self.llm.semantics = _checked_name(self.llm.semantics, "llm.semantics", None)
         if self.allmrec is not None and self.cf is None:
             raise RecipeError("allmrec needs a cf stage (the frozen CF model it aligns)")
         if self.eval.beams < max(self.eval.ks):
             raise RecipeError(f"eval.beams ({self.eval.beams}) must be at least the largest K ({max(self.eval.ks)})")
+
+
+def _checked_name(name: str, setting: str, data_format: str | None) -> str:
+    """A dataset name of a recipe setting, spelled as the registry spells it, checked against what the setting reads:
+    a data format (a dataset of that format), or None (a single file to point at)."""
+    try:
+        name = downloads.canonical_name(name)
+    except ValueError as exc:
+        raise RecipeError(f"{setting}: {exc}") from None
+    published = downloads.PUBLISHED.get(name)
+    if data_format is None:
+        if published is None or published.target is None:
+            raise RecipeError(f"{setting}: {name} is a dataset, not a single file this setting can read")
+        return name
+    expected = published.format if published else "amazon-raw"
+    if expected != data_format:
+        holds = f"{expected} data" if expected else f"no dataset (only {published.target})"
+        raise RecipeError(f"{setting}: {name} holds {holds}, but data.format is {data_format}")
+    return name
+
+
+def named_data(recipe: Recipe) -> dict[str, str]:
+    """The dataset names a recipe's settings give, by setting (``data.source``, ``llm.semantics``)."""
+    named = {"data.source": recipe.data.source}
+    if recipe.llm is not None:
+        named["llm.semantics"] = recipe.llm.semantics
+    return {setting: value for setting, value in named.items() if value and downloads.is_dataset_name(value)}
+
+
+def with_local_data(recipe: Recipe, offline: bool = False, base_url: str | None = None, progress: bool = True,
+                    log: Callable[[str], None] = print) -> Recipe:
+    """``recipe`` with every dataset name replaced by its path in the data cache, fetching what the cache lacks
+    (``downloads.ensure``); with ``offline`` a missing dataset is a DownloadError naming the command to run."""
+    paths = {setting: str(downloads.ensure(name, offline, base_url, progress, report=log))
+             for setting, name in named_data(recipe).items()}
+    data = replace(recipe.data, source=paths.get("data.source", recipe.data.source))
+    llm = recipe.llm and replace(recipe.llm, semantics=paths.get("llm.semantics", recipe.llm.semantics))
+    return replace(recipe, data=data, llm=llm)
 
 
 def packaged_recipes() -> dict[str, Path]:

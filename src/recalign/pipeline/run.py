@@ -4,15 +4,21 @@ A stage's key hashes its own settings and the keys of the stages it reads, so ch
 reruns the LLM and the evaluation but reuses the data and the CF model. A stage is finished when its folder holds
 ``stage.json`` (written last); a finished stage is skipped, an unfinished one is rerun and resumes from the
 checkpoints its training left (CF: per epoch; LLM: every ``checkpoint_every`` steps). ``run.json`` in the run
-folder names the current folder of every stage (for ``recalign serve`` and reports).
+folder names the current folder of every stage (for ``recalign serve`` and reports) and the ``--set`` overrides
+the recipe was loaded with. A stage may add what it chose on the machine at hand to its ``stage.json`` under
+``outcome`` (the LLM stages: the resolved precision).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -21,10 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..precision import resolve_precision
 from .recipe import Recipe
 
 STAGE_FILE = "stage.json"
 RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"
 
 
 @dataclass
@@ -92,14 +100,45 @@ def stage_keys(recipe: Recipe) -> dict[str, str]:
     return keys
 
 
-def run_recipe(recipe: Recipe, run_dir: str | Path, log: Callable[[str], None] = print,
-               progress: bool = True) -> list[StageOutcome]:
-    run_dir = Path(run_dir)
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """One run at a time per run folder: two would both train every stage and interleave their logs. The lock is
+    the operating system's (released when the process ends, even killed); the file names its holder."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not yet written its name"
+            raise ValueError(f"{run_dir} is in use by another `recalign run` ({holder}); wait for it to finish, "
+                             "or give another --run-dir") from None
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}, since "
+                     f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+
+
+def run_recipe(recipe: Recipe, run_dir: str | Path, log: Callable[[str], None] = print,
+               progress: bool = True, overrides: Sequence[str] = ()) -> list[StageOutcome]:
+    """Runs every unfinished stage; ``overrides`` (the ``--set`` strings ``recipe`` was loaded with) are recorded in
+    run.json for the report."""
+    run_dir = Path(run_dir)
+    with run_dir_lock(run_dir):
+        return _run_stages(recipe, run_dir, log, progress, overrides)
+
+
+def _run_stages(recipe: Recipe, run_dir: Path, log: Callable[[str], None], progress: bool,
+                overrides: Sequence[str]) -> list[StageOutcome]:
     keys = stage_keys(recipe)
     folders = {stage: run_dir / f"{stage}-{key}" for stage, key in keys.items()}
     (run_dir / RUN_FILE).write_text(json.dumps(
-        {"recipe": recipe.name, "stages": {stage: folder.name for stage, folder in folders.items()}}, indent=2) + "\n")
+        {"recipe": recipe.name, "stages": {stage: folder.name for stage, folder in folders.items()},
+         "overrides": list(overrides)}, indent=2) + "\n")
     outcomes = []
     for stage, folder in folders.items():
         if (folder / STAGE_FILE).exists():
@@ -110,11 +149,12 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, log: Callable[[str], None] =
         log(f"{stage}: {'resuming' if resumed else 'running'} in {folder}")
         folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        STAGES[stage](recipe, folders, log, progress)
+        outcome = STAGES[stage](recipe, folders, log, progress)
         seconds = time.perf_counter() - started
         (folder / STAGE_FILE).write_text(json.dumps(
             {"stage": stage, "key": keys[stage], "settings": stage_settings(recipe)[stage], "seconds": seconds,
-             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2, default=str) + "\n")
+             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "outcome": outcome or {}},
+            indent=2, default=str) + "\n")
         log(f"{stage}: done in {seconds:.1f} s")
         outcomes.append(StageOutcome(stage, folder, False, seconds))
     return outcomes
@@ -179,7 +219,7 @@ def run_cf(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> Non
         + (f" (validation NDCG@10 {state.best_score:.4f})" if state.best_score >= 0 else ""))
 
 
-def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
+def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> dict:
     from ..align import tsrec
     from ..align.features import CFFeatureInjector
     from ..align.tca import TCALoss
@@ -190,6 +230,7 @@ def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> No
     from ..llm.train import sft_train, training_rows_summary
 
     spec, out = recipe.llm, folders["llm"]
+    train = replace(spec.train, precision=resolve_precision(spec.train.precision))  # saved resolved with checkpoints
     dataset = _dataset(folders)
     cf_model = from_pretrained(folders["cf"], dataset) if "cf" in folders else None
     feature_hook = partial(CFFeatureInjector.for_recommender, cf_model) if spec.recommender.use_feature else None
@@ -206,23 +247,26 @@ def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> No
     loss_hook = TCALoss.for_config(cf_model, recommender.index, tca)
     tasks = spec.tasks if sids is not None else ("next_item",)
     examples, counts = tsrec.sid_training_examples(recommender, dataset, tasks, semantics, spec.ts_align,
-                                                   spec.max_train_rows, spec.max_examples, spec.train.seed,
+                                                   spec.max_train_rows, spec.max_examples, train.seed,
                                                    tca.label_mask, spec.rows, spec.context_items)
     if sids is not None:
         log("task mix: " + ", ".join(f"{name} {n:,}" for name, n in counts.items()))
-    log(f"LLM training rows ({spec.rows}): {training_rows_summary(examples)}")
+    rows = training_rows_summary(examples)
+    log(f"LLM training rows ({spec.rows}): {rows}")
     if spec.selection.every:
-        result = train_with_selection(recommender, dataset, examples, spec.train, out, spec.selection, loss_hook,
+        result = train_with_selection(recommender, dataset, examples, train, out, spec.selection, loss_hook,
                                       resume=True, log=log)
     else:
-        result = sft_train(recommender.model, examples, spec.train, out / "train", loss_hook=loss_hook, resume=True,
+        result = sft_train(recommender.model, examples, train, out / "train", loss_hook=loss_hook, resume=True,
                            progress=progress, pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
         recommender.save_pretrained(out)
     log(f"LLM recommender: {len(examples):,} training rows, {result.steps} optimiser steps, "
         f"{result.tokens_per_second:,.0f} tokens/s; saved in {out}")
+    return {"precision": {"weights": recommender.config.precision, "training": train.precision},
+            "training rows": f"{spec.rows}: {rows}"}
 
 
-def run_allmrec(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
+def run_allmrec(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> dict:
     from ..align.allmrec import run_stage1
     from ..align.allmrec_llm import PromptWords, create_stage2, train_stage2
     from ..cf import from_pretrained
@@ -234,11 +278,14 @@ def run_allmrec(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -
     if spec.soft_tokens:
         _, losses, joint = run_stage1(cf_model, dataset, spec.stage1, out / "stage1", spec.embedder, progress)
         log(f"A-LLMRec stage 1: {len(losses)} epochs, loss {losses[0]['total']:.4f} -> {losses[-1]['total']:.4f}")
-    recommender = create_stage2(dataset, cf_model, joint, spec.recommender)
-    result, prompts = train_stage2(recommender, dataset, spec.train, out, PromptWords.for_dataset(spec.dataset_name),
+    recommender = create_stage2(dataset, cf_model, joint, spec.recommender, spec.cf_dropout)
+    train = replace(spec.train, precision=resolve_precision(spec.train.precision))
+    result, prompts = train_stage2(recommender, dataset, train, out, PromptWords.for_dataset(spec.dataset_name),
                                    spec.n_candidates, spec.epochs, spec.max_train_rows, resume=True,
-                                   progress=progress)
-    log(f"A-LLMRec stage 2: {prompts:,} prompts, {result.steps} optimiser steps; saved in {out}")
+                                   progress=progress, rows=spec.stage1.train_rows)
+    steps = result.steps if result is not None else 0
+    log(f"A-LLMRec stage 2: {prompts:,} prompts, {steps} optimiser steps; saved in {out}")
+    return {"precision": {"weights": recommender.config.precision, "training": train.precision}}
 
 
 def run_eval(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> None:
@@ -283,11 +330,11 @@ def run_eval(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> N
 
 def candidate_results(recipe: Recipe, folders: dict[str, Path], dataset, cf_model, progress: bool) -> dict:
     """A-LLMRec and the CF model on the same sampled candidate sets (the paper's Hit@1 protocol)."""
-    from ..align.allmrec_llm import evaluate_candidates, load_stage2
+    from ..align.allmrec_llm import evaluate_candidates, load_stage2, variant
 
     spec, n = recipe.eval, recipe.allmrec.n_candidates
     recommender, record = load_stage2(folders["allmrec"], dataset)
-    name = "A-LLMRec" if recipe.allmrec.soft_tokens else "LLM-only"
+    name = record.get("variant") or variant(recipe.allmrec.soft_tokens, recipe.allmrec.recommender.finetune)
     return {name: evaluate_candidates(dataset, spec.split, "sampled", n, spec.seed, spec.rows, recommender, record,
                                       progress=progress),
             recipe.cf.model: evaluate_candidates(dataset, spec.split, "sampled", n, spec.seed, spec.rows,

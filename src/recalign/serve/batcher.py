@@ -1,5 +1,7 @@
 """Micro-batching: requests that arrive while the decoder is busy, or within ``max_wait`` of each other, go
-through one decoder call. The decoder runs in one worker thread, so the event loop keeps accepting requests."""
+through one decoder call. The decoder runs in one worker thread, so the event loop keeps accepting requests. A
+submission whose caller went away (its future cancelled, e.g. the client disconnected) before its call started is
+dropped, not decoded."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ class BatchStats:
     calls: int = 0  # decoder calls
     jobs: int = 0  # histories decoded
     largest: int = 0  # most histories in one call
+    dropped: int = 0  # submissions whose caller went away before their call started
     sizes: dict[int, int] = field(default_factory=dict)  # histories per call -> calls
 
     def record(self, size: int) -> None:
@@ -77,6 +80,11 @@ class MicroBatcher(Generic[Job, Result]):
                 except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     break
                 size += len(batch[-1][0])
+            live = [submission for submission in batch if not submission[1].done()]
+            self.stats.dropped += len(batch) - len(live)
+            batch = live
+            if not batch:
+                continue
             try:
                 await self._answer(batch)
             except Exception as exc:  # the loop always goes on to the next batch

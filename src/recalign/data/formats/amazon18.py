@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dataset import Dataset, item_table
 from ..problems import DataError, Repairs
-from ..textio import read_csv
+from ..textio import parse_int, read_csv
 from . import PrepareOptions, describe_files
 from .csv_format import item_frame
 from .given_splits import SplitColumns, read_examples, split_tables
@@ -35,7 +35,7 @@ def prepare(source: Path, options: PrepareOptions, repairs: Repairs) -> Dataset:
     items_path = source / "item.csv"
     rows = read_csv(items_path, ["rawid", "title", "iid"], repairs, encoding, options.encoding_errors)
     items = item_frame(rows, items_path, "iid", {"title": "title", "brand": "brand"}, repairs)
-    raw_iids = [int(v) for v in items["raw_id"]]
+    raw_iids = [parse_int(v, items_path, row, "iid") for row, v in enumerate(items["raw_id"], start=1)]
     order = np.argsort(raw_iids, kind="stable")
     items = items.iloc[order].reset_index(drop=True)
     items["raw_id"] = rows["rawid"].to_numpy(dtype=object)[order]

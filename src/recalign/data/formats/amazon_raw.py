@@ -45,7 +45,7 @@ from ..dataset import Dataset
 from ..download import MANIFEST as DOWNLOAD_MANIFEST
 from ..problems import DataError, Repairs
 from ..sequences import Interactions, build_dataset
-from ..textio import clean_title, iter_lines
+from ..textio import check_title_length, clean_title, iter_lines
 from . import PrepareOptions, describe_files
 
 SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz")
@@ -191,6 +191,8 @@ def read_metadata(path: Path, items: dict[str, int], options: PrepareOptions,
         found_at[code] = line_no
         title = record.get("title")
         columns["title"][code] = clean_text(title) if isinstance(title, str) else None
+        if columns["title"][code]:
+            check_title_length(columns["title"][code], path, line_no, "title")
         columns["description"][code] = joined_text(record.get("description"), " ")
         columns["brand"][code] = joined_text(record.get("brand"), " ")
         category = record.get("category")

@@ -1,8 +1,9 @@
 """``csv``: a plain interactions CSV (user, item, timestamp) plus an items CSV (item, title, ...).
 
 The documented path for custom datasets. Column names come from ``--user-col`` etc.; the optional item
-columns (description, brand, category) are used when present. Timestamps may be integers (Unix seconds)
-or dates pandas can parse; an empty timestamp becomes -1 (counted), an unparsable one is an error.
+columns (description, brand, category) are used when present. Timestamps may be Unix seconds (a column of
+milliseconds is detected and counted) or ISO 8601 dates; an empty timestamp becomes -1 (counted); other date
+formats, whose day/month order would be a guess, and times past the year 5000 are errors.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 from ..dataset import NO_TIMESTAMP, Dataset
 from ..problems import DataError, Repairs
 from ..sequences import Interactions, build_dataset
-from ..textio import read_csv
+from ..textio import MAX_TITLE_CHARS, check_title_length, read_csv, unix_seconds
 from . import PrepareOptions, describe_files
 
 
@@ -31,6 +32,9 @@ def item_frame(frame: pd.DataFrame, path: Path, id_col: str, columns: dict[str, 
         if column in frame.columns:
             items[canonical] = frame[column].to_numpy(dtype=object)
     titles = items["title"].astype(str)  # kept exactly as written: identifiers are built from these bytes
+    too_long = np.flatnonzero((titles.str.len() > MAX_TITLE_CHARS).to_numpy())
+    if len(too_long):
+        check_title_length(titles.iloc[too_long[0]], path, int(too_long[0]) + 1, columns["title"])
     empty = (titles.str.strip() == "").to_numpy()
     if empty.any():
         repairs.add("empty_title", f"{path.name} row {int(np.flatnonzero(empty)[0]) + 1}", int(empty.sum()))
@@ -43,18 +47,24 @@ def item_frame(frame: pd.DataFrame, path: Path, id_col: str, columns: dict[str, 
 
 
 def parse_timestamps(values: pd.Series, path: Path, field: str, repairs: Repairs) -> np.ndarray:
+    """Unix seconds (checked by ``unix_seconds``: milliseconds detected, nothing past int64) or ISO 8601 dates;
+    other date formats are refused, since their day/month order would be a guess."""
     empty = (values.str.strip() == "").to_numpy()
-    numeric = pd.to_numeric(values.where(~empty, "0"), errors="coerce")
-    result = np.full(len(values), NO_TIMESTAMP, dtype=np.int64)
+    numeric = pd.to_numeric(values.where(~empty, "0"), errors="coerce").astype(np.float64)
     bad = numeric.isna().to_numpy()
+    result = np.full(len(values), NO_TIMESTAMP, dtype=np.int64)
     if bad.any():
-        dates = pd.to_datetime(values[bad], errors="coerce", utc=True, format="mixed")
+        dates = pd.to_datetime(values[bad], errors="coerce", utc=True, format="ISO8601")
         if dates.isna().any():
             row = int(np.flatnonzero(bad)[np.flatnonzero(dates.isna().to_numpy())[0]]) + 1
-            raise DataError(path, f"timestamp {values.iloc[row - 1]!r} is neither Unix seconds nor a date",
-                            row=row, field=field)
+            raise DataError(path, f"timestamp {values.iloc[row - 1]!r} is neither Unix seconds nor an ISO 8601 "
+                            "date (YYYY-MM-DD, optionally Thh:mm:ss); other date formats are refused, their "
+                            "day/month order being a guess", row=row, field=field)
         result[bad] = (dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    result[~bad & ~empty] = numeric.to_numpy()[~bad & ~empty].astype(np.int64)
+    numbers = ~bad & ~empty
+    if numbers.any():
+        seconds = np.where(numbers, numeric.to_numpy(), np.nan)
+        result[numbers] = unix_seconds(seconds, np.arange(1, len(values) + 1), path, field, repairs)[numbers]
     if empty.any():
         repairs.add("missing_timestamp", f"{path.name} row {int(np.flatnonzero(empty)[0]) + 1}", int(empty.sum()))
     return result

@@ -11,7 +11,7 @@ import pandas as pd
 from ..dataset import NO_TIMESTAMP
 from ..problems import DataError, Repairs
 from ..sequences import examples_from_lists, user_ids
-from ..textio import parse_int, parse_list
+from ..textio import parse_int, parse_list, unix_seconds
 
 
 @dataclass
@@ -25,7 +25,7 @@ class SplitColumns:
 def read_examples(path: Path, frame: pd.DataFrame, columns: SplitColumns, raw_to_item: dict[int, int],
                   unknown_items: str, repairs: Repairs) -> tuple[list, list, list, list]:
     """Raw users, item-id histories, targets and timestamps of one split file, with ids resolved and checked."""
-    users, histories, targets, timestamps = [], [], [], []
+    users, histories, targets, timestamps, kept_rows = [], [], [], [], []
     stamps = frame[columns.timestamp] if columns.timestamp else [None] * len(frame)
     rows = zip(frame[columns.user], frame[columns.history], frame[columns.target], stamps)
     for row, (user, history_text, target_text, stamp) in enumerate(rows, start=1):
@@ -51,8 +51,11 @@ def read_examples(path: Path, frame: pd.DataFrame, columns: SplitColumns, raw_to
         users.append(user)
         histories.append(history)
         targets.append(raw_to_item[target_raw])
-        timestamps.append(NO_TIMESTAMP if stamp is None else parse_int(stamp, path, row, columns.timestamp))
-    return users, histories, targets, timestamps
+        timestamps.append(np.nan if stamp is None else float(parse_int(stamp, path, row, columns.timestamp)))
+        kept_rows.append(row)
+    if columns.timestamp is None:
+        return users, histories, targets, [NO_TIMESTAMP] * len(users)
+    return users, histories, targets, unix_seconds(timestamps, kept_rows, path, columns.timestamp, repairs).tolist()
 
 
 def split_tables(per_split: dict[str, tuple[list, list, list, list]]):

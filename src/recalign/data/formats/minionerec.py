@@ -38,10 +38,38 @@ def one_file(source: Path, pattern: str, required: bool = True) -> Path | None:
 
 
 def read_json(path: Path, repairs: Repairs, options: PrepareOptions) -> dict:
+    """A JSON object keyed by item id ("0".."N-1"); anything else is refused."""
     try:
-        return json.loads(read_text(path, repairs, options.encoding or "utf-8", options.encoding_errors))
+        value = json.loads(read_text(path, repairs, options.encoding or "utf-8", options.encoding_errors))
     except json.JSONDecodeError as exc:
         raise DataError(path, f"not valid JSON: {exc.msg}", row=exc.lineno) from None
+    except RecursionError:
+        raise DataError(path, "JSON nested too deeply") from None
+    if not isinstance(value, dict):
+        raise DataError(path, f"expected a JSON object keyed by item id, found a {type(value).__name__}")
+    numbers = [key for key in value if not key.isdigit()]
+    if numbers:
+        raise DataError(path, f"item keys must be integers (\"0\".. \"N-1\"), found {numbers[0]!r}", field=numbers[0])
+    return value
+
+
+def item_title(entry: dict, path: Path, key: str) -> str:
+    """The title as text: JSON null is an empty title (item_frame's counted ``empty_title`` repair); a number or
+    another type is an error, not its string form."""
+    title = entry["title"]
+    if title is None:
+        return ""
+    if not isinstance(title, str):
+        raise DataError(path, f"title must be text, found {type(title).__name__} {str(title)[:60]!r}",
+                        field=f"{key}.title")
+    return title
+
+
+def semantic_id(value, path: Path, key: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(token, str) for token in value):
+        raise DataError(path, f"a semantic ID must be a non-empty list of token strings such as [\"<a_1>\", "
+                        f"\"<b_2>\"], found {str(value)[:60]!r}", field=key)
+    return value
 
 
 def description_text(text: str, path: Path, item: str, repairs: Repairs) -> str | None:
@@ -73,13 +101,13 @@ def history_rows(users: list, histories: list, targets: list, timestamps: list) 
 def prepare(source: Path, options: PrepareOptions, repairs: Repairs) -> Dataset:
     items_path = one_file(source, "*.item.json")
     raw_items = read_json(items_path, repairs, options)
-    keys = sorted(raw_items, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+    keys = sorted(raw_items, key=int)
     for key in keys:
         if not isinstance(raw_items[key], dict) or "title" not in raw_items[key]:
             raise DataError(items_path, "item entry has no 'title'", field=f"{key}.title")
     frame = pd.DataFrame({
         "item": keys,
-        "title": [str(raw_items[k]["title"]) for k in keys],
+        "title": [item_title(raw_items[k], items_path, k) for k in keys],
         "description": [description_text(str(raw_items[k].get("description") or ""), items_path, k, repairs)
                         for k in keys],
         "brand": [raw_items[k].get("brand") or None for k in keys],
@@ -95,7 +123,7 @@ def prepare(source: Path, options: PrepareOptions, repairs: Repairs) -> Dataset:
         if missing:
             raise DataError(index_path, f"{len(missing)} items have no semantic ID, e.g. item {missing[0]}",
                             field=missing[0])
-        items["sid"] = [list(sids[k]) for k in keys]
+        items["sid"] = [semantic_id(sids[k], index_path, k) for k in keys]
         files.append(index_path)
     raw_to_item = {int(k): i for i, k in enumerate(keys)}
 

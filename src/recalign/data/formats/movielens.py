@@ -15,7 +15,7 @@ import pandas as pd
 from ..dataset import Dataset
 from ..problems import DataError, Repairs
 from ..sequences import Interactions, build_dataset
-from ..textio import iter_lines
+from ..textio import iter_lines, unix_seconds
 from . import PrepareOptions, describe_files
 from .csv_format import item_frame, resolve_items
 
@@ -44,11 +44,23 @@ def read_dat(path: Path, fields: tuple[str, ...], options: PrepareOptions, repai
 
 
 def integers(values: list[str], lines: list[int], path: Path, field: str) -> np.ndarray:
+    """Whole numbers as float64 (exact up to 2^53; larger ones are refused downstream as times)."""
     parsed = pd.to_numeric(pd.Series(values), errors="coerce")
-    if parsed.isna().any():
-        bad = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+    whole = pd.Series([v.strip().lstrip("-").isdigit() for v in values])
+    if parsed.isna().any() or not whole.all():
+        bad = int(np.flatnonzero((parsed.isna() | ~whole).to_numpy())[0])
         raise DataError(path, f"expected an integer, got {values[bad]!r}", row=lines[bad], field=field)
-    return parsed.to_numpy(dtype=np.int64)
+    return parsed.to_numpy(dtype=np.float64)
+
+
+def user_names(values: list[str], lines: list[int], path: Path) -> np.ndarray:
+    """User ids as written (identifiers, however long: parsing them as int64 would merge some past 2^63)."""
+    names = np.asarray([v.strip() for v in values], dtype=object)
+    for position, name in enumerate(names):
+        if not name.isdigit():
+            raise DataError(path, f"expected an integer user id, got {values[position]!r}", row=lines[position],
+                            field="user_id")
+    return names
 
 
 def prepare(source: Path, options: PrepareOptions, repairs: Repairs) -> Dataset:
@@ -59,12 +71,13 @@ def prepare(source: Path, options: PrepareOptions, repairs: Repairs) -> Dataset:
     items = item_frame(frame, movies_path, "movie_id", {"title": "title", "category": "genres"}, repairs)
     ratings, lines = read_dat(ratings_path, RATING_FIELDS, options, repairs)
     columns = list(zip(*ratings))
-    users = integers(list(columns[0]), lines, ratings_path, "user_id")
-    timestamps = integers(list(columns[3]), lines, ratings_path, "timestamp")
+    users = user_names(list(columns[0]), lines, ratings_path)
+    timestamps = unix_seconds(integers(list(columns[3]), lines, ratings_path, "timestamp"), np.asarray(lines),
+                              ratings_path, "timestamp", repairs)
     rows, keep = resolve_items(pd.Series(columns[1]), pd.Index(items["raw_id"]), ratings_path, "movie_id",
                                options.unknown_items, repairs, line_numbers=np.asarray(lines))
     codes, names = pd.factorize(users[keep])
-    log = Interactions(codes.astype(np.int64), np.asarray([str(n) for n in names], dtype=object), rows[keep],
+    log = Interactions(codes.astype(np.int64), np.asarray(names, dtype=object), rows[keep],
                        timestamps[keep])
     return build_dataset(log, items, options.protocol, repairs,
                          describe_files("movielens", source, [movies_path, ratings_path]))
