@@ -37,6 +37,8 @@ ALLMREC = ["tests/unit/test_allmrec.py"]
 METRICS = ["tests/unit/test_metrics.py", "tests/unit/test_protocols.py"]
 BEAM = ["tests/unit/test_beam_search.py"]
 TRAINER = ["tests/unit/test_cf_sasrec_trainer.py"]
+SEQUENCE = ["tests/integration/test_sequence_training.py"]
+CHAIN = ["tests/unit/test_chain_examples.py"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,20 @@ def mutation(name: str, what: str, path: str, patches: list[tuple[str, str]], te
 
 
 MUTATIONS = [
+    # --- the sequence objective
+    mutation("sequence-history-leak", "sequence rows: a target's history holds the target itself", "llm/recommender.py",
+             [("            spans.append(TargetSpan(len(target_ids), len(tokens), items[position], "
+               "tuple(items[:position])))",
+               "            spans.append(TargetSpan(len(target_ids), len(tokens), items[position], "
+               "tuple(items[:position + 1])))")], SEQUENCE),
+    mutation("packing-positions-continue", "packing: position ids run on across packed rows", "llm/train.py",
+             [("        position_ids[row, offset:offset + len(sequence)] = torch.arange(len(sequence))",
+               "        position_ids[row, offset:offset + len(sequence)] = "
+               "torch.arange(offset, offset + len(sequence))")],
+             SEQUENCE),
+    mutation("minionerec-histories-every-row", "--minionerec-train histories reads every valid row (valid targets "
+             "leak into training)", "data/formats/minionerec.py",
+             [("        first.setdefault(user, history)", "        first[user] = history")], CHAIN),
     # --- TCA4Rec: soft labels, loss, MSL
     mutation("tca-q-squared", "soft labels: q = (Z(child) / Z(node))^2 instead of the ratio", "align/tca.py",
              [("    return (z_child / z_node[pair_label]).log(), imprecise",
