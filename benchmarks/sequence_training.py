@@ -175,6 +175,9 @@ def report(args, runner: CommandRunner, results: dict[str, dict[str, dict]]) -> 
              "10-beam search. Industrial: SIDs, "
              f"full fine-tuning, lr {args.sid_lr}; Office: titles, LoRA r 8, lr {args.title_lr}. Sequence rows "
              f"are packed into {args.pack_length} tokens.", ""]
+    if args.report_only:
+        lines += ["(This report was rewritten from the kept curves with `--report-only`; the curves come from the same "
+                  "command without it.)", ""]
     if args.note:
         lines += [args.note, ""]
     lines += ["| dataset | objective | rows | targets / row | tokens / row | trained targets / s | ratio | steps | "
