@@ -26,7 +26,7 @@ import argparse
 import fcntl
 import json
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -229,7 +229,7 @@ def main() -> None:
     runner = CommandRunner(args.work, args.python)
     results: dict[str, dict[str, dict]] = {}
     for name in args.datasets.split(","):
-        with locked(args.lock) if args.lock else nullcontext():
+        with locked(args.lock):
             data, sids = prepare(runner, args, name)
         arms = {arm: run_arm(args, name, arm, data, sids) for arm in args.arms.split(",")}
         results[name] = {arm: result for arm, result in arms.items() if result is not None}

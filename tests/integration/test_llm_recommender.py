@@ -4,6 +4,7 @@ item-level ranks."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,14 +136,17 @@ def test_cli_train_eval_and_recommend(tmp_path, trained):
     assert metrics["n_examples"] == 4 and set(metrics["metrics"]) >= {"HR@1", "NDCG@5"}
 
 
+def selection_command(tmp_path, *settings: str) -> tuple[Path, list[str]]:
+    """The rule dataset saved, and an `llm train` of the tiny model selecting on test HR@1 into tmp_path/sel."""
+    data = rule_dataset().save(tmp_path / "data")
+    return data, ["llm", "train", "--data", str(data), "--out", str(tmp_path / "sel"), "--backbone", "tiny",
+                  "--precision", "fp32", "--finetune", "full", "--select-metric", "HR@1", "--select-split", "test",
+                  "--batch-size", "16", "--micro-batch-size", "16", "--eval-split", "", *settings]
+
+
 def test_model_selection_keeps_the_best_round_and_resume_does_not_rejudge(tmp_path):
-    dataset = rule_dataset()
-    data = tmp_path / "data"
-    dataset.save(data)
-    command = ["llm", "train", "--data", str(data), "--out", str(tmp_path / "sel"), "--backbone", "tiny",
-               "--precision", "fp32", "--finetune", "full", "--epochs", "4", "--select-every", "2",
-               "--select-metric", "HR@1", "--select-split", "test", "--batch-size", "16", "--micro-batch-size", "16",
-               "--lr", "0.003", "--warmup-steps", "2", "--eval-split", ""]
+    data, command = selection_command(tmp_path, "--epochs", "4", "--select-every", "2", "--lr", "0.003",
+                                      "--warmup-steps", "2")
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
     history = json.loads((tmp_path / "sel" / "selection.json").read_text())
@@ -154,7 +158,6 @@ def test_model_selection_keeps_the_best_round_and_resume_does_not_rejudge(tmp_pa
     again = runner.invoke(app, [*command, "--resume"])
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "sel" / "selection.json").read_text()) == history and "epoch 2:" not in again.output
-
 
 
 def test_selection_patience_counts_rounds_without_a_gain_above_min_delta():
@@ -169,14 +172,9 @@ def test_selection_patience_counts_rounds_without_a_gain_above_min_delta():
 
 
 def test_lenient_selection_with_patience_stops_early_and_resumes_stopped(tmp_path):
-    dataset = rule_dataset()
-    data = tmp_path / "data"
-    dataset.save(data)
-    command = ["llm", "train", "--data", str(data), "--out", str(tmp_path / "sel"), "--backbone", "tiny",
-               "--precision", "fp32", "--finetune", "full", "--epochs", "5", "--select-every", "1",
-               "--select-metric", "HR@1", "--select-split", "test", "--select-rows", "4", "--batch-size", "16",
-               "--micro-batch-size", "16", "--max-train-rows", "16", "--lr", "0", "--select-lenient",
-               "--select-patience", "1", "--eval-split", ""]
+    data, command = selection_command(tmp_path, "--epochs", "5", "--select-every", "1", "--select-rows", "4",
+                                      "--max-train-rows", "16", "--lr", "0", "--select-lenient",
+                                      "--select-patience", "1")
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
     history = json.loads((tmp_path / "sel" / "selection.json").read_text())

@@ -25,6 +25,7 @@ import copy
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,15 @@ from ..index import ItemIndex
 from ..index.sid import SemanticIDs, sid_index, sid_text, sid_tokens
 from ..index.titles import title_index
 from ..precision import check_precision, resolve_precision
-from .backbones import LoraSettings, apply_lora, load_backbone, scratch_config, seeded_draws, torch_dtype
+from .backbones import (
+    SCRATCH_PREFIX,
+    LoraSettings,
+    apply_lora,
+    load_backbone,
+    scratch_config,
+    seeded_draws,
+    torch_dtype,
+)
 from .hooks import HOOK_RECORD, EmbeddingHook, load_hook, save_hook
 from .prompts import PLACEHOLDERS, PromptTemplate, encode_prompt, get_template, recent_items
 from .train import SFTExample, TargetSpan
@@ -73,7 +82,7 @@ class RecommenderConfig:
             raise ValueError(f"identifier must be one of {', '.join(IDENTIFIERS)}, not {self.identifier!r}")
         if (self.feature_frozen or self.feature_shared_mlp) and not self.use_feature:
             raise ValueError("feature_frozen and feature_shared_mlp apply to use_feature only")
-        if self.backbone.startswith("scratch:") and self.finetune != "full":
+        if self.backbone.startswith(SCRATCH_PREFIX) and self.finetune != "full":
             raise ValueError(f"a from-scratch backbone ({self.backbone}) trains every weight: finetune 'full'")
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**{**self.lora, "targets": tuple(self.lora["targets"])})
@@ -221,14 +230,14 @@ class LLMRecommender:
     def prompt(self, history: Sequence[int]) -> list[int]:
         if self.template.layout == "sequence":
             recent = recent_items(list(history), self.config.max_history)
-            return self._header_ids() + [token for item in recent for token in self.index.tokens(int(item))]
+            return self._header_ids + [token for item in recent for token in self.index.tokens(int(item))]
         written = [self.identifiers[int(item)] for item in history]
         return encode_prompt(self.tokenizer, self.template, written, self.config.domain, self.config.max_history)
 
+    @cached_property
     def _header_ids(self) -> list[int]:
-        if not hasattr(self, "_header"):
-            self._header = encode_prompt(self.tokenizer, self.template, [], self.config.domain)
-        return list(self._header)
+        """A sequence layout's text, tokenised once (the same for every prompt)."""
+        return encode_prompt(self.tokenizer, self.template, [], self.config.domain)
 
     def examples(self, dataset: Dataset, split: str, max_rows: int | None = None,
                  label_mask: Callable[[list[int]], list[bool]] | None = None) -> list[SFTExample]:

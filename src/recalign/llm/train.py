@@ -190,6 +190,7 @@ def collate(examples: Sequence[SFTExample], pad_id: int = 0, pack_length: int = 
     attention_mask = torch.zeros_like(input_ids)
     position_ids = torch.zeros_like(input_ids)
     rows, cols, tokens, depth, owner, items, histories = [], [], [], [], [], [], []
+    row_histories: list[tuple[int, ...]] = [()] * n_rows
     for (row, offset), example, sequence in zip(placed, examples, sequences):
         if not example.prompt_ids:
             raise ValueError("an empty prompt leaves nothing to predict the first target token from")
@@ -199,6 +200,7 @@ def collate(examples: Sequence[SFTExample], pad_id: int = 0, pack_length: int = 
         input_ids[row, offset:offset + len(sequence)] = torch.tensor(sequence)
         attention_mask[row, offset:offset + len(sequence)] = 1
         position_ids[row, offset:offset + len(sequence)] = torch.arange(len(sequence))
+        row_histories[row] = tuple(example.history)
         start = offset + len(example.prompt_ids) - 1  # predicts target_ids[0]
         for span in example.target_spans():
             for d in range(span.length):
@@ -214,9 +216,6 @@ def collate(examples: Sequence[SFTExample], pad_id: int = 0, pack_length: int = 
         for row in range(n_rows):
             pad = int((attention_mask[row] == 0).sum())
             position_ids[row, length - pad:] = torch.arange(pad)
-    row_histories = [()] * n_rows
-    for (row, _), example in zip(placed, examples):
-        row_histories[row] = tuple(example.history)
     return LabelBatch(
         input_ids=input_ids, attention_mask=None if pack_length else attention_mask, position_ids=position_ids,
         label_rows=torch.tensor(rows, dtype=torch.long), label_cols=torch.tensor(cols, dtype=torch.long),
