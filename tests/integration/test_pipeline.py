@@ -249,9 +249,9 @@ def test_a_packaged_recipe_run_as_packaged_records_this_machines_time(tmp_path, 
 
     monkeypatch.setenv("RECALIGN_CACHE", str(tmp_path / "cache"))
     assert expected_time(load_recipe("demo"), gpu=False) == (  # the packaged measurement
-        "about 12 min on this kind of machine (measured on Intel Xeon, AVX-512 without bf16 (fp32), 2 cores, no GPU, "
+        "about 10 min on this kind of machine (measured on Intel Xeon, AVX-512 without bf16 (fp32), 2 cores, no GPU, "
         "2026-12-08)")
-    assert expected_time(load_recipe("demo"), gpu=True) == "not measured on a GPU machine (measured: 12 min on " \
+    assert expected_time(load_recipe("demo"), gpu=True) == "not measured on a GPU machine (measured: 10 min on " \
         "Intel Xeon, AVX-512 without bf16 (fp32), 2 cores, no GPU)"
     monkeypatch.setattr(recipe_module, "PACKAGED", tmp_path / "packaged")
     write(tmp_path / "packaged", {**SMALL, "llm": None}, "small.yaml")
