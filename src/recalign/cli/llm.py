@@ -260,6 +260,10 @@ def llm_train(
     except ValueError as exc:  # e.g. --resume with other settings than the interrupted run
         fail(str(exc))
     if main_process:
+        # written last: a folder without it holds an unfinished run (resume it with --resume)
+        (out / "training.json").write_text(json.dumps({
+            "rows": len(examples), "steps": result.steps, "train_seconds": sum(row["seconds"] for row in result.log),
+            "final_loss": result.log[-1]["loss"] if result.log else None}, indent=2) + "\n")
         console.print(f"trained on {len(examples):,} rows ({result.tokens_per_second:,.0f} tokens/s); "
                       f"recommender saved in {out}")
     if eval_split:  # every process decodes its share of the rows
