@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tests.conftest import N_ITEMS, rule_dataset
@@ -17,6 +18,7 @@ from recalign.data import CatalogueMismatch
 from recalign.data.dataset import item_table
 from recalign.decode import BeamConfig, Ranked
 from recalign.decode.recommend import evaluate_llm, recommend, target_ranks
+from recalign.eval.metrics import ranking_metrics
 from recalign.index import ItemIndex
 from recalign.llm.recommender import LLMRecommender, RecommenderConfig
 from recalign.llm.train import SFTConfig, sft_train
@@ -110,10 +112,13 @@ def test_cli_train_eval_and_recommend(tmp_path, trained):
     data = tmp_path / "data"
     dataset.save(data)
     result = runner.invoke(app, ["llm", "eval", "--data", str(data), "--model", str(out), "--k", "1,5", "--beams", "5",
-                                 "--json"])
+                                 "--ranks", str(tmp_path / "ranks.parquet"), "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["HR@1"] >= 0.9 and record["n_examples"] == 30 and "NDCG@5" in record["identifier_metrics"]
+    ranks = pd.read_parquet(tmp_path / "ranks.parquet")
+    assert list(ranks["target"]) == dataset.table("test").column("target").to_pylist()
+    assert ranking_metrics(ranks["rank"].to_numpy(), (5,))["NDCG@5"] == record["NDCG@5"]
     shown = runner.invoke(app, ["recommend", "--model", str(out), "--history", "1,2,3", "-k", "3"])
     assert shown.exit_code == 0 and "t" in shown.output and "score" in shown.output
     raw = runner.invoke(app, ["recommend", "--model", str(out), "--history", "i1,i2", "--raw", "-k", "2", "--json"])
@@ -132,6 +137,7 @@ def test_cli_train_eval_and_recommend(tmp_path, trained):
                                       "--batch-size", "8", "--micro-batch-size", "4", "--eval-rows", "4",
                                       "--beams", "5"])
     assert trained_cli.exit_code == 0, trained_cli.output
+    assert json.loads((tmp_path / "cli" / "training.json").read_text())["rows"] == 16  # written last: finished
     metrics = json.loads((tmp_path / "cli" / "test_metrics.json").read_text())
     assert metrics["n_examples"] == 4 and set(metrics["metrics"]) >= {"HR@1", "NDCG@5"}
 

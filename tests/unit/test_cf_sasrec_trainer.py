@@ -14,6 +14,7 @@ from recalign.cf.trainer import training_rows
 from recalign.cli import app
 from recalign.data.dataset import Dataset, item_table
 from recalign.eval import evaluate
+from recalign.eval.metrics import ranking_metrics, read_ranks
 
 
 def test_tca4rec_preset_matches_the_reference_architecture():
@@ -136,10 +137,12 @@ def test_cli_trains_and_evaluates(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "m" / "test_metrics.json").exists() and "NDCG@10" in result.output
     result = runner.invoke(app, ["cf", "eval", "--data", str(tmp_path / "data"), "--model-dir", str(tmp_path / "m"),
-                                 "--json"])
+                                 "--ranks", str(tmp_path / "ranks.parquet"), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert {"HR@1", "HR@5", "HR@10", "HR@20", "NDCG@10"} <= set(report) and 0 <= report["NDCG@10"] <= 1
+    ranks = read_ranks(tmp_path / "ranks.parquet")  # the rows the metrics were computed from
+    assert len(ranks) == report["n_examples"] and ranking_metrics(ranks, (10,))["NDCG@10"] == report["NDCG@10"]
     bad = runner.invoke(app, ["cf", "eval", "--data", str(tmp_path / "data"), "--model-dir", str(tmp_path)])
     assert bad.exit_code == 1 and "no CF model" in bad.output
 

@@ -11,6 +11,7 @@ from recalign.eval.metrics import (
     confidence_95,
     coverage,
     invalid_rate,
+    paired_difference,
     ranking_metrics,
     ranks_from_lists,
     ranks_from_scores,
@@ -101,3 +102,15 @@ def test_protocols_name_the_scorer_and_the_splits_rows():
     with pytest.raises(NonFiniteScores, match="NanForMarkedUsers"):
         sampled_ranks(NanForMarkedUsers(), histories, targets, n_items=4, n_negatives=2)
     assert full_ranking_ranks(NanForMarkedUsers(), histories[:4], targets[:4]).tolist() == [2, 1, 2, 2]
+
+
+def test_paired_difference_against_hand_computed_values():
+    a = np.array([0.0, 1.0, np.inf, 0.0])  # NDCG@10 per row: 1, 1/log2(3), 0, 1
+    b = np.array([0.0, np.inf, 0.0, 3.0])  # 1, 0, 1, 1/log2(5)
+    diff = np.array([0.0, 1 / math.log2(3), -1.0, 1 - 1 / math.log2(5)])
+    mean, half = paired_difference(a, b, "NDCG@10")
+    assert mean == pytest.approx(diff.mean())
+    assert half == pytest.approx(1.959963984540054 * diff.std(ddof=1) / 2)
+    assert paired_difference(a, a, "HR@1") == (0.0, 0.0)
+    with pytest.raises(ValueError, match="paired rows differ"):
+        paired_difference(a, b[:3], "HR@1")

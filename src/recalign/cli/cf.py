@@ -20,8 +20,18 @@ from .common import (
     parse_ks,
     refuse_to_overwrite,
     set_threads,
+    write_ranks_file,
 )
-from .evaluate import ExcludeOption, JsonOption, KOption, NegativesOption, ProtocolOption, SplitOption, TrainedOnOption
+from .evaluate import (
+    ExcludeOption,
+    JsonOption,
+    KOption,
+    NegativesOption,
+    ProtocolOption,
+    RanksOption,
+    SplitOption,
+    TrainedOnOption,
+)
 
 cf_app = typer.Typer(help="Train and evaluate CF backbones (SASRec, GRU4Rec, BERT4Rec, NextItNet, MF, NCF).",
                      no_args_is_help=True)
@@ -104,6 +114,7 @@ def cf_eval(
     negatives: NegativesOption = 19,
     exclude_history: ExcludeOption = False,
     seed: Annotated[int, typer.Option(help="Seed of negative sampling.")] = 0,
+    ranks: RanksOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate a trained CF model: HR, NDCG and MRR at each K (JSON keys like NDCG@10)."""
@@ -116,8 +127,11 @@ def cf_eval(
     except (FileNotFoundError, ValueError) as exc:  # ValueError: another catalogue, another kind of folder, damage
         fail(str(exc))
     declared = make_protocol(protocol, exclude_history, negatives, seed)
-    results = evaluate_scorers(dataset, {model.model_type: model}, split, ks, declared)
+    row_ranks: dict = {}
+    results = evaluate_scorers(dataset, {model.model_type: model}, split, ks, declared, row_ranks)
     (result,) = results["models"].values()
+    if ranks:
+        write_ranks_file(ranks, row_ranks[model.model_type], dataset, split)
     if as_json:
         typer.echo(json.dumps({**result["metrics"], "ci95": result["ci95"], "protocol": results["protocol"],
                                "n_examples": results["n_examples"], "model_dir": str(model_dir)}, indent=2))

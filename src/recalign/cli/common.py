@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -71,8 +72,10 @@ def parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
-def evaluate_scorers(dataset, scorers: Mapping[str, object], split: str, ks: tuple[int, ...], protocol) -> dict:
-    """Every scorer on the same rows under the same declared protocol, as one JSON-ready record."""
+def evaluate_scorers(dataset, scorers: Mapping[str, object], split: str, ks: tuple[int, ...], protocol,
+                     ranks: dict | None = None) -> dict:
+    """Every scorer on the same rows under the same declared protocol, as one JSON-ready record; each scorer's
+    per-row ranks go into ``ranks`` when given."""
     from ..eval import evaluate
     from ..eval.evaluate import protocol_record
 
@@ -85,6 +88,8 @@ def evaluate_scorers(dataset, scorers: Mapping[str, object], split: str, ks: tup
         except KeyError as exc:
             fail(exc.args[0])
         models[name] = {"metrics": result.metrics, "ci95": result.ci95}
+        if ranks is not None:
+            ranks[name] = result.ranks
     return {"protocol": protocol_record(protocol, split, ks), "n_examples": result.n_examples, "models": models}
 
 
@@ -97,6 +102,17 @@ def metrics_table(title: str, results: dict[str, dict], ks: tuple[int, ...]) -> 
     for name in (f"{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in ks):
         table.add_row(name, *(f"{r['metrics'][name]:.4f} ±{r['ci95'][name]:.4f}" for r in results.values()))
     return table
+
+
+def write_ranks_file(path: Path, ranks, dataset, split: str) -> None:
+    """The per-row ranks of ``--ranks FILE``, beside each row's target."""
+    from ..eval.metrics import write_ranks
+
+    targets = dataset.table(split).column("target").to_numpy()[:len(ranks)]
+    try:
+        write_ranks(path, ranks, targets)
+    except OSError as exc:
+        fail(f"--ranks {path}: {exc}")
 
 
 def load_dataset_or_fail(path):

@@ -19,6 +19,9 @@ KOption = Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")]
 TrainedOnOption = Annotated[Path, typer.Option("--data", help="A prepared dataset folder (the catalogue the model was "
                                                               "trained on).")]
 SplitOption = Annotated[str, typer.Option(help="Split to evaluate on.")]
+RanksOption = Annotated[Path | None, typer.Option("--ranks", help="Also write each row's target rank (0-based, inf = "
+                                                            "not ranked) to this parquet file, for paired "
+                                                            "comparisons between models on the same rows.")]
 
 
 def evaluate_command(

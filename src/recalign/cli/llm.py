@@ -23,8 +23,9 @@ from .common import (
     refuse_candidate_model,
     refuse_to_overwrite,
     set_threads,
+    write_ranks_file,
 )
-from .evaluate import JsonOption, KOption, SplitOption, TrainedOnOption
+from .evaluate import JsonOption, KOption, RanksOption, SplitOption, TrainedOnOption
 
 llm_app = typer.Typer(help="Train and evaluate LLM recommenders that generate catalogue items (constrained "
                            "beam search over the item index).", no_args_is_help=True)
@@ -44,9 +45,11 @@ def evaluation_record(evaluation, split: str, ks, beams: int) -> dict:
 
 
 def evaluate_and_report(recommender, dataset, split: str, ks, beams: int, batch_size: int, max_rows: int | None,
-                        title: str, show: bool = True, length_penalty: float | None = None) -> dict:
+                        title: str, show: bool = True, length_penalty: float | None = None,
+                        ranks: Path | None = None) -> dict:
     from ..decode import BeamConfig
     from ..decode.recommend import evaluate_llm
+    from ..llm.train import launch_state
 
     if length_penalty is None:  # MiniOneRec's reference layout is evaluated at 0, as the reference does
         length_penalty = 0.0 if recommender.template.target_suffix else 1.0
@@ -57,6 +60,8 @@ def evaluate_and_report(recommender, dataset, split: str, ks, beams: int, batch_
         fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     record = evaluation_record(evaluation, split, ks, beams)
     record["protocol"]["length_penalty"] = length_penalty
+    if ranks and launch_state().is_main_process:
+        write_ranks_file(ranks, evaluation.item_ranks, dataset, split)
     if not show:
         return record
     console.print(metrics_table(f"{title} ({evaluation.n_examples:,} examples, ± = 95% interval, "
@@ -348,6 +353,7 @@ def llm_eval(
     max_rows: RowsOption = None,
     precision: DecodePrecisionOption = "auto",
     threads: ThreadsOption = None,
+    ranks: RanksOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate an LLM recommender: HR, NDCG and MRR at each K of its constrained beam search."""
@@ -368,7 +374,7 @@ def llm_eval(
     state = launch_state()  # under `accelerate launch` the rows are shared out
     record = evaluate_and_report(recommender, dataset, split, ks, beams, batch_size, max_rows,
                                  f"{model} on {data} · {split}", show=state.is_main_process and not as_json,
-                                 length_penalty=length_penalty)
+                                 length_penalty=length_penalty, ranks=ranks)
     if as_json and state.is_main_process:
         typer.echo(json.dumps({**record["metrics"], **record, "model": str(model), "processes": state.num_processes},
                               indent=2))

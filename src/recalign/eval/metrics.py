@@ -79,6 +79,30 @@ def half_width_95(values: np.ndarray) -> float:
     return float(Z_95 * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
+def paired_difference(ranks_a: np.ndarray, ranks_b: np.ndarray, metric: str) -> tuple[float, float]:
+    """Mean per-row difference a - b of ``metric`` (e.g. ``NDCG@10``) on the same rows, and its 95% half-width:
+    the interval of a difference between two models, far narrower than either model's own when rows agree."""
+    if len(ranks_a) != len(ranks_b):
+        raise ValueError(f"paired rows differ in number: {len(ranks_a)} and {len(ranks_b)}")
+    k = int(metric.split("@")[1])
+    diff = per_example(np.asarray(ranks_a), k)[metric] - per_example(np.asarray(ranks_b), k)[metric]
+    return float(diff.mean()), half_width_95(diff)
+
+
+def write_ranks(path, ranks: np.ndarray, targets: np.ndarray) -> None:
+    """Per-row target ranks (0-based, inf = not ranked) as parquet, for paired comparisons between models."""
+    import pandas as pd
+
+    pd.DataFrame({"row": np.arange(len(ranks)), "target": np.asarray(targets, dtype=np.int64),
+                  "rank": np.asarray(ranks, dtype=np.float64)}).to_parquet(path, index=False)
+
+
+def read_ranks(path) -> np.ndarray:
+    import pandas as pd
+
+    return pd.read_parquet(path, columns=["rank"])["rank"].to_numpy()
+
+
 def invalid_rate(ranked: np.ndarray) -> float:
     """Share of output slots that hold no catalogue item (-1): what unconstrained generation gets wrong."""
     return float((ranked < 0).mean())
