@@ -7,6 +7,7 @@ import pytest
 from recalign.llm.prompts import (
     TEMPLATES,
     PromptTemplate,
+    check_interchangeable,
     encode_prompt,
     get_template,
     render_prompt,
@@ -120,7 +121,8 @@ def test_separator_rule_for_other_tokenizers():
 
 
 def test_unknown_template_lists_the_names():
-    with pytest.raises(KeyError, match="'nope'.*chat, minionerec, minionerec-reference, sequence, tca4rec"):
+    with pytest.raises(KeyError, match="'nope'.*chat, minionerec, minionerec-eval-reference, minionerec-reference, "
+                                       "sequence, tca4rec"):
         get_template("nope")
 
 
@@ -156,6 +158,20 @@ def test_minionerec_reference_layout_is_the_references_bytes():
     sids = ["<a_1><b_2>", "<a_3><b_4>"]
     assert reference.text(sids) == ALPACA + body + "\n" and reference.target_suffix == "\n"
     assert ours.text(sids) == ALPACA + body and ours.target_suffix == ""  # recalign's: the target follows directly
+
+
+def test_minionerec_evaluation_prompt_is_the_references_eval_sid_dataset_bytes():
+    # MiniOneRec's EvalSidDataset: T1's instruction block, another input line, "### Response:\n"
+    evaluation = get_template("minionerec-eval-reference")
+    assert evaluation.text(["<a_1><b_2>", "<a_3><b_4>"]) == (
+        ALPACA + "Can you predict the next possible item that the user may expect?\n\n### User Input: \nCan you "
+        "predict the next possible item the user may expect, given the following chronological interaction history: "
+        "<a_1><b_2>, <a_3><b_4>\n\n### Response:\n")
+    check_interchangeable(get_template("minionerec-reference"), evaluation)  # items and endings written alike
+    with pytest.raises(ValueError, match=r"cannot stand in for 'minionerec'.*target_suffix '' vs '\\n'"):
+        check_interchangeable(get_template("minionerec"), evaluation)  # a recalign-layout model ends items with EOS
+    with pytest.raises(ValueError, match="layout 'sequence' vs 'text'"):
+        check_interchangeable(get_template("sequence"), get_template("minionerec"))
 
 
 def test_the_reference_layout_survives_a_json_round_trip(tmp_path):

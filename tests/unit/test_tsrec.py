@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from tests.conftest import rule_dataset
+from typer.testing import CliRunner
 
 from recalign.align.tsrec import (
     TokenSemantics,
@@ -18,6 +19,7 @@ from recalign.align.tsrec import (
     token_clusters,
     ts_align_examples,
 )
+from recalign.cli import app
 from recalign.index.sid import SemanticIDs, sid_tokens
 from recalign.llm.backbones import load_backbone
 from recalign.llm.recommender import LLMRecommender, RecommenderConfig, add_sid_tokens
@@ -188,3 +190,23 @@ def test_teacher_semantics_asks_the_llm_once_per_token():
     assert set(semantics) == {"<a_0>", "<a_1>"} and repairs["tokens"] == 2
     assert repairs["unparsed_answers"] == 2  # a random model writes no JSON: counted, kept as text
     assert tokenizer.padding_side == "right"
+
+
+def test_a_reference_checkpoint_is_evaluated_with_the_references_evaluation_prompt(tmp_path):
+    dataset = rule_dataset()
+    config = RecommenderConfig(backbone="tiny", precision="fp32", finetune="full", prompt="minionerec-reference",
+                               identifier="sid", max_history=3)
+    recommender = LLMRecommender.create(dataset, config, sids=rule_sids(dataset))
+    evaluated = recommender.with_prompt("minionerec-eval-reference")
+    text = recommender.tokenizer.decode(evaluated.prompt([1, 2]))
+    assert "given the following chronological interaction history: <a_0><b_1>, <a_0><b_2>\n\n### Response:\n" in text
+    assert "in chronological order" in recommender.tokenizer.decode(recommender.prompt([1, 2]))  # the trained one
+    recommender.save_pretrained(tmp_path / "model")
+    dataset.save(tmp_path / "data")
+    command = ["llm", "eval", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "model"), "--k", "1",
+               "--beams", "2", "--max-rows", "3", "--json"]
+    result = CliRunner().invoke(app, [*command, "--prompt", "minionerec-eval-reference"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["protocol"]["prompt"] == "minionerec-eval-reference"
+    refused = CliRunner().invoke(app, [*command, "--prompt", "minionerec"])
+    assert refused.exit_code == 1 and "cannot stand in for 'minionerec-reference'" in refused.output

@@ -59,7 +59,7 @@ def evaluate_and_report(recommender, dataset, split: str, ks, beams: int, batch_
     except (ValueError, KeyError) as exc:
         fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     record = evaluation_record(evaluation, split, ks, beams)
-    record["protocol"]["length_penalty"] = length_penalty
+    record["protocol"].update(length_penalty=length_penalty, prompt=recommender.template.name)
     if ranks and launch_state().is_main_process:
         write_ranks_file(ranks, evaluation.item_ranks, dataset, split)
     if not show:
@@ -353,6 +353,10 @@ def llm_eval(
     max_rows: RowsOption = None,
     precision: DecodePrecisionOption = "auto",
     threads: ThreadsOption = None,
+    prompt: Annotated[str | None, typer.Option(help="Read the prompts through this template instead of the "
+                                                    "trained one (e.g. 'minionerec-eval-reference', the official "
+                                                    "MiniOneRec evaluation prompt); it must write items as the "
+                                                    "trained one does.")] = None,
     ranks: RanksOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -369,6 +373,11 @@ def llm_eval(
         recommender = LLMRecommender.from_pretrained(model, dataset, precision=precision)
     except (FileNotFoundError, CatalogueMismatch, KeyError, ValueError) as exc:
         fail(f"{model}: {exc}")
+    if prompt:
+        try:
+            recommender = recommender.with_prompt(prompt)
+        except (KeyError, ValueError) as exc:
+            fail(f"--prompt: {exc.args[0]}")
     from ..llm.train import launch_state
 
     state = launch_state()  # under `accelerate launch` the rows are shared out

@@ -153,13 +153,21 @@ MINIONEREC_REFERENCE = alpaca(
     "The user has interacted with items {history} in chronological order. Can you predict the next possible item "
     "that the user may expect?", reference=True)
 
+# MiniOneRec's evaluation prompt (its EvalSidDataset): T1's instruction block with another input line, so a
+# reference checkpoint is evaluated as the official code evaluates it (`llm eval --prompt`)
+MINIONEREC_EVAL_REFERENCE = alpaca(
+    "minionerec-eval", "Can you predict the next possible item that the user may expect?",
+    "Can you predict the next possible item the user may expect, given the following chronological interaction "
+    "history: {history}", reference=True)
+
 # The history at the end, each item as its identifier + EOS (titles or SIDs): the layout of the sequence objective
 # (short: the header is paid once per row, and a row holds few items when histories are short)
 SEQUENCE = PromptTemplate(name="sequence", instruction="The {domain} a user chose, oldest first:", input_line="",
                           response="", item_format="{title}", separator="none", layout="sequence")
 
 TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (TCA4REC, CHAT, TCA4REC_FEATURE, MINIONEREC,
-                                                            MINIONEREC_REFERENCE, SEQUENCE)}
+                                                            MINIONEREC_REFERENCE, MINIONEREC_EVAL_REFERENCE,
+                                                            SEQUENCE)}
 
 
 def get_template(name: str) -> PromptTemplate:
@@ -175,6 +183,17 @@ def get_template(name: str) -> PromptTemplate:
             raise ValueError(f"{path}: not a prompt template ({exc})") from None
     raise KeyError(f"unknown prompt template {name!r}: expected one of {', '.join(sorted(TEMPLATES))} or a .json "
                    "file with the fields of PromptTemplate")
+
+
+def check_interchangeable(trained: PromptTemplate, other: PromptTemplate) -> None:
+    """Refuses to read a model's prompts with a template that writes items, their endings or CF placeholders
+    differently from the one it was trained with: only the surrounding words may change."""
+    fields = ("layout", "item_format", "joiner", "target_suffix", "user_token", "chat", "separator")
+    differ = [f"{name} {getattr(trained, name)!r} vs {getattr(other, name)!r}" for name in fields
+              if getattr(trained, name) != getattr(other, name)]
+    if differ:
+        raise ValueError(f"prompt {other.name!r} cannot stand in for {trained.name!r}, which the model was trained "
+                         f"with: {'; '.join(differ)}")
 
 
 def recent_items(history_titles: list, max_history: int | None) -> list:

@@ -45,7 +45,14 @@ from .backbones import (
     torch_dtype,
 )
 from .hooks import HOOK_RECORD, EmbeddingHook, load_hook, save_hook
-from .prompts import PLACEHOLDERS, PromptTemplate, encode_prompt, get_template, recent_items
+from .prompts import (
+    PLACEHOLDERS,
+    PromptTemplate,
+    check_interchangeable,
+    encode_prompt,
+    get_template,
+    recent_items,
+)
 from .train import SFTExample, TargetSpan
 
 # (placeholder user token id, placeholder item token id, LLM hidden size, config) -> the hook writing those rows
@@ -221,6 +228,14 @@ class LLMRecommender:
     @property
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
+
+    def with_prompt(self, name: str) -> LLMRecommender:
+        """The same model reading its prompts through another template (an evaluation prompt, e.g. MiniOneRec's
+        ``minionerec-eval-reference``); refused unless items and their endings are written as in training."""
+        template = get_template(name)
+        check_interchangeable(self.template, template)
+        return LLMRecommender(self.model, self.tokenizer, self.index, self.config, self.titles, self.raw_ids,
+                              template, self.feature_injector, self.sids, self.added_rows)
 
     @property
     def embedding_hook(self) -> EmbeddingHook | None:
