@@ -62,8 +62,8 @@ class CommandRunner:
     interrupted benchmark resumes), recording the command (for the report) and its time (``seconds-<done>.json``
     beside ``done``, so a resumed run still reports it). Standard error goes to ``work/logs/<name>.log``."""
 
-    def __init__(self, work: Path, python: str | Path = sys.executable):
-        self.work, self.python = Path(work), str(python)
+    def __init__(self, work: Path, python: str | Path = sys.executable, dry: bool = False):
+        self.work, self.python, self.dry = Path(work), str(python), dry  # dry: record the commands, run none
         self.commands: list[tuple[str, str]] = []
         self.seconds: dict[str, float | None] = {}
 
@@ -71,7 +71,7 @@ class CommandRunner:
         argv = [str(a) for a in argv]
         self.commands.append((name, "recalign " + shlex.join(argv) + (f" > {stdout}" if stdout else "")))
         timing = done.parent / f"seconds-{done.name}.json"
-        if not done.exists():
+        if not done.exists() and not self.dry:
             print(f"[{datetime.now():%H:%M:%S}] {name}", flush=True)
             log = self.log_path(name)
             log.parent.mkdir(parents=True, exist_ok=True)
