@@ -36,11 +36,18 @@ def llm_arm(extra: list[str], seed: int = 0) -> dict:
 
 # Industrial: every LLM arm is SmolLM2-135M, full fine-tuning (MiniOneRec's setting), the sequence objective over
 # SIDs (next_item rows only), selected on validation NDCG@10 every epoch with patience 3.
+KEYWORDS = str(INDUSTRIAL / "description_keywords.json")  # the shipped teacher file (TS-Rec's token semantics)
+TCA = ["--align", "tca", "--cf", "{sasrec}", "--alpha", "{alpha}"]  # the SASRec arm's logits as soft labels
 INDUSTRIAL_ARMS = {
     "sasrec": {"kind": "cf", "extra": ["--model", "sasrec"]},
     "sid-seq": llm_arm([]),
     "sid-seq-seed1": llm_arm([], seed=1),
     "scratch-seq": llm_arm(["--backbone", "scratch:4x256", "--lr", "1e-3"]),
+    "sa-init": llm_arm(["--sa-init", "--semantics", KEYWORDS]),
+    "ts-align": llm_arm(["--ts-align", "--semantics", KEYWORDS]),
+    "ts-rec": llm_arm(["--sa-init", "--ts-align", "--semantics", KEYWORDS]),
+    "tca": llm_arm(TCA),
+    "ts-rec-tca": llm_arm(["--sa-init", "--ts-align", "--semantics", KEYWORDS, *TCA]),
 }
 BASE = "sid-seq"
 
@@ -58,7 +65,8 @@ def llm_train_argv(args, data: Path, sids: Path, out: Path, arm: dict) -> list:
             "--micro-batch-size", "8", "--warmup-steps", "10", "--select-every", "1", "--select-metric", "NDCG@10",
             "--select-rows", args.select_rows, "--select-patience", "3", "--eval-split", "",
             "--seed", arm["seed"], "--threads", args.threads, "--resume",
-            *[x for pair in settings.items() for x in pair], *extra]
+            *[x for pair in settings.items() for x in pair],
+            *[x.format(sasrec=out.parent / "sasrec", alpha=args.alpha) for x in extra]]
 
 
 def run_industrial(runner: CommandRunner, args, arms: list[str]) -> None:
@@ -100,7 +108,12 @@ def keep_result(work: Path, name: str) -> None:
 ARM_NAMES = {"sasrec": "SASRec (recalign's default: CE over all positions, early stopping on valid NDCG@10)",
              "sid-seq": "SmolLM2-135M SID recommender, sequence objective (seed 0)",
              "sid-seq-seed1": "the same, seed 1",
-             "scratch-seq": "from-scratch decoder 4x256, same objective and SIDs"}
+             "scratch-seq": "from-scratch decoder 4x256, same objective and SIDs",
+             "sa-init": "+ SA-Init (SID token rows from the shipped teacher keywords)",
+             "ts-align": "+ TS-Align (token <-> description rows in the mix)",
+             "ts-rec": "+ SA-Init + TS-Align (TS-Rec)",
+             "tca": "+ TCA4Rec (the SASRec arm's logits as soft labels at every position)",
+             "ts-rec-tca": "TS-Rec + TCA4Rec"}
 PUBLISHED = ["| model (MiniOneRec paper, Industrial, full train split, Qwen-scale) | HR@10 | NDCG@10 |",
              "|---|---|---|", "| SASRec | .1088 | .0806 |", "| TIGER | .1321 | .0908 |",
              "| MiniOneRec | .1586 | .1167 |"]
@@ -199,6 +212,7 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(INDUSTRIAL_ARMS), help="Industrial arms to run now")
     parser.add_argument("--epochs", type=int, default=10, help="LLM epoch cap (selection stops earlier)")
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--alpha", type=float, default=0.1, help="TCA arms: weight of the CF soft labels")
     parser.add_argument("--select-rows", type=int, default=300)
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the kept results")
     args = parser.parse_args()
