@@ -1,21 +1,26 @@
 """Quality tables: LLM recommenders against a tuned SASRec on real data, each alignment against its base arm.
 
 Every arm is a sequence of ``recalign`` commands run one at a time by ``CommandRunner`` (an arm whose outputs exist
-is reused, an interrupted ``llm train`` resumes from its last checkpoint), so the table fills in over several
-sittings; ``--arms`` picks which arms to run now and the report shows every finished one.
+is reused, an interrupted ``llm train`` resumes from its last checkpoint), so a table fills in over several
+sittings; ``--arms`` picks which arms to run now (``DATASET:ARM``) and the report shows every finished one. Each
+finished arm's small result files (metrics, per-row test ranks, train and selection logs) are kept under
+``docs/benchmarks/quality/``, so arms are compared by paired per-row differences with 95% intervals.
 
-Industrial_and_Scientific (minionerec layout, shipped SIDs): train = each user's items before the first valid
-target (``--minionerec-train histories``), model selection on the first ``--select-rows`` validation rows, test on
-every test row, full catalogue (constrained 10-beam search for the LLMs). Each arm's per-row test ranks are kept
-(``--ranks``), so arms are compared by paired per-row differences against the base arm with 95% intervals.
+- Industrial_and_Scientific (minionerec layout, shipped SIDs): train = each user's items before the first valid
+  target (``--minionerec-train histories``); every test row; SmolLM2-135M, full fine-tuning, the sequence objective.
+- Office_Products (amazon18, titles): the shipped 10,000 training rows; the first ``--office-test-rows`` test rows;
+  SmolLM2-135M with LoRA (TCA4Rec's setting).
 
-    .venv/bin/python benchmarks/quality.py --arms sasrec,sid-seq --threads 2
+Every LLM arm is selected on validation NDCG@10 (the first ``--select-rows`` rows) after each epoch, patience 3.
+
+    .venv/bin/python benchmarks/quality.py --arms Industrial_and_Scientific:sasrec,Industrial_and_Scientific:sid-seq
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,125 +32,160 @@ SHARED = REPO.parent / "shared" / "data"
 INDUSTRIAL = SHARED / "minionerec" / "Industrial_and_Scientific"
 DOC = REPO / "docs" / "benchmarks" / "quality.md"
 RESULTS = REPO / "docs" / "benchmarks" / "quality"
+TITLE = "Quality: aligned LLM recommenders against SASRec"
 KS = (3, 5, 10)
-
-
-def llm_arm(extra: list[str], seed: int = 0) -> dict:
-    return {"kind": "llm", "extra": extra, "seed": seed}
-
-
-# Industrial: every LLM arm is SmolLM2-135M, full fine-tuning (MiniOneRec's setting), the sequence objective over
-# SIDs (next_item rows only), selected on validation NDCG@10 every epoch with patience 3.
 KEYWORDS = str(INDUSTRIAL / "description_keywords.json")  # the shipped teacher file (TS-Rec's token semantics)
 TCA = ["--align", "tca", "--cf", "{sasrec}", "--alpha", "{alpha}"]  # the SASRec arm's logits as soft labels
-INDUSTRIAL_ARMS = {
-    "sasrec": {"kind": "cf", "extra": ["--model", "sasrec"]},
-    "sid-seq": llm_arm([]),
-    "sid-seq-seed1": llm_arm([], seed=1),
-    "scratch-seq": llm_arm(["--backbone", "scratch:4x256", "--lr", "1e-3"]),
-    "sa-init": llm_arm(["--sa-init", "--semantics", KEYWORDS]),
-    "ts-align": llm_arm(["--ts-align", "--semantics", KEYWORDS]),
-    "ts-rec": llm_arm(["--sa-init", "--ts-align", "--semantics", KEYWORDS]),
-    "tca": llm_arm(TCA),
-    "ts-rec-tca": llm_arm(["--sa-init", "--ts-align", "--semantics", KEYWORDS, *TCA]),
+SASREC = {"kind": "cf", "extra": ["--model", "sasrec"],
+          "about": "SASRec (recalign's default: CE over all positions, early stopping on valid NDCG@10)"}
+
+
+def llm_arm(about: str, extra: list[str] = (), seed: int = 0) -> dict:
+    return {"kind": "llm", "extra": list(extra), "seed": seed, "about": about}
+
+
+@dataclass
+class Table:
+    """One dataset's arms: how its data is prepared, what every LLM arm shares, and the base arm."""
+
+    prepare: list
+    llm: list  # the options every LLM arm shares ({data}, {sids} filled in)
+    arms: dict[str, dict]
+    base: str
+    test_rows: int | None = None  # None: every test row
+    sids: bool = False
+    setting: str = ""
+    published: list[str] = field(default_factory=list)
+
+
+TABLES = {
+    "Industrial_and_Scientific": Table(
+        prepare=["--format", "minionerec", "--source", INDUSTRIAL, "--minionerec-train", "histories"],
+        llm=["--backbone", "smollm2-135m", "--lr", "3e-4", "--finetune", "full", "--prompt", "sequence", "--rows",
+             "sequence", "--pack-length", "512", "--tasks", "next_item", "--domain",
+             "industrial and scientific items", "--batch-size", "16", "--micro-batch-size", "8",
+             "--warmup-steps", "10"],
+        arms={"sasrec": SASREC,
+              "sid-seq": llm_arm("SmolLM2-135M SID recommender, sequence objective (seed 0)"),
+              "sid-seq-seed1": llm_arm("the same, seed 1", seed=1),
+              "scratch-seq": llm_arm("from-scratch decoder 4x256, same objective and SIDs",
+                                     ["--backbone", "scratch:4x256", "--lr", "1e-3"]),
+              "sa-init": llm_arm("+ SA-Init (SID token rows from the shipped teacher keywords)",
+                                 ["--sa-init", "--semantics", KEYWORDS]),
+              "ts-align": llm_arm("+ TS-Align (token <-> description rows in the mix)",
+                                  ["--ts-align", "--semantics", KEYWORDS]),
+              "ts-rec": llm_arm("+ SA-Init + TS-Align (TS-Rec)",
+                                ["--sa-init", "--ts-align", "--semantics", KEYWORDS]),
+              "tca": llm_arm("+ TCA4Rec (the SASRec arm's logits as soft labels at every position)", TCA),
+              "ts-rec-tca": llm_arm("TS-Rec + TCA4Rec", ["--sa-init", "--ts-align", "--semantics", KEYWORDS, *TCA])},
+        base="sid-seq", sids=True,
+        setting="minionerec layout, shipped SIDs; train = each user's items before the first valid target "
+                "(`--minionerec-train histories`: 1,618 sequences, 6,424 targets); every test row; full catalogue "
+                "(3,686 items), constrained 10-beam search; a hit is the target item. LLM arms: SmolLM2-135M, full "
+                "fine-tuning, the sequence objective (next_item rows only), AdamW lr 3e-4, batch 16.",
+        published=["| model (MiniOneRec paper, Industrial, full train split, Qwen-scale) | HR@10 | NDCG@10 |",
+                   "|---|---|---|", "| SASRec | .1088 | .0806 |", "| TIGER | .1321 | .0908 |",
+                   "| MiniOneRec | .1586 | .1167 |"]),
+    "Office_Products": Table(
+        prepare=["--format", "amazon18", "--source", SHARED / "amazon18" / "Office_Products"],
+        llm=["--backbone", "smollm2-135m", "--lr", "5e-4", "--finetune", "lora", "--domain", "office products",
+             "--batch-size", "16", "--micro-batch-size", "4", "--warmup-steps", "10", "--checkpoint-every", "20"],
+        arms={"sasrec": SASREC,
+              "sft": llm_arm("plain SFT, sequence objective (titles, LoRA r 8)",
+                             ["--prompt", "sequence", "--rows", "sequence", "--pack-length", "1024"]),
+              "sft-rows": llm_arm("plain SFT, row objective (the papers': TCA4Rec's prompt, one target per row)",
+                                  ["--prompt", "tca4rec", "--rows", "target"]),
+              "tca": llm_arm("+ TCA4Rec (the SASRec arm's logits)",
+                             ["--prompt", "sequence", "--rows", "sequence", "--pack-length", "1024", *TCA]),
+              "msl": llm_arm("MSL (tau 4.5)",
+                             ["--prompt", "sequence", "--rows", "sequence", "--pack-length", "1024", "--msl"]),
+              "msl-tca": llm_arm("MSL + TCA4Rec", ["--prompt", "sequence", "--rows", "sequence", "--pack-length",
+                                                   "1024", "--msl", *TCA])},
+        base="sft", test_rows=2000,
+        setting="amazon18 as shipped (10,000 / 5,000 / 5,000 rows, 9,913 items); titles; the first 2,000 test rows; "
+                "full catalogue, constrained 10-beam search over the title trie. LLM arms: SmolLM2-135M, LoRA r 8 on "
+                "q/k/v/o, AdamW lr 5e-4, batch 16.",
+        published=["TCA4Rec reports its gains over plain SFT in its Table 2 (see ../shared/reference/tca4rec.md)."]),
 }
-BASE = "sid-seq"
 
 
-def llm_train_argv(args, data: Path, sids: Path, out: Path, arm: dict) -> list:
-    settings = {"--backbone": "smollm2-135m", "--lr": str(args.lr)}
-    extra = list(arm["extra"])
-    for key in list(settings):
-        if key in extra:
-            settings[key] = extra.pop(extra.index(key) + 1)
-            extra.remove(key)
-    return ["llm", "train", "--data", data, "--sids", sids, "--out", out, "--finetune", "full",
-            "--prompt", "sequence", "--rows", "sequence", "--pack-length", "512", "--tasks", "next_item",
-            "--domain", "industrial and scientific items", "--epochs", args.epochs, "--batch-size", "16",
-            "--micro-batch-size", "8", "--warmup-steps", "10", "--select-every", "1", "--select-metric", "NDCG@10",
-            "--select-rows", args.select_rows, "--select-patience", "3", "--eval-split", "",
-            "--seed", arm["seed"], "--threads", args.threads, "--resume",
-            *[x for pair in settings.items() for x in pair],
+def arm_commands(runner: CommandRunner, args, name: str, table: Table, arms: list[str]) -> None:
+    """Runs (or, with a dry runner, lists) the commands of the given arms of one table."""
+    work = args.work / name
+    data, sids = work / "data", work / "sids"
+    runner.run(f"{name}: data", ["data", "prepare", *table.prepare, "--out", data], data / "manifest.json")
+    if table.sids:
+        runner.run(f"{name}: SIDs", ["index", "import", "--data", data, "--out", sids], sids / "sids.json")
+    rows = ["--max-rows", table.test_rows] if table.test_rows else []
+    for arm_name in arms:
+        arm, out = table.arms[arm_name], work / arm_name
+        ranks, label = out / "test_ranks.parquet", f"{name}: {arm_name}"
+        if arm["kind"] == "cf":
+            runner.run(f"{label} train", ["cf", "train", "--data", data, "--out", out, *arm["extra"], "--threads",
+                                          args.threads], out / "test_metrics.json")
+            runner.run(f"{label} test", ["cf", "eval", "--data", data, "--model-dir", out, "--k",
+                                         ",".join(map(str, KS)), "--ranks", ranks, "--json"], ranks,
+                       stdout=out / "test_eval.json")
+        else:
+            runner.run(f"{label} train", llm_train_argv(args, table, data, sids, out, arm), out / "training.json")
+            runner.run(f"{label} test", ["llm", "eval", "--data", data, "--model", out, "--k", ",".join(map(str, KS)),
+                                         "--beams", "10", *rows, "--ranks", ranks, "--threads", args.threads,
+                                         "--json"], ranks, stdout=out / "test_eval.json")
+        if not runner.dry:
+            keep_result(work / arm_name, RESULTS / name / arm_name)
+
+
+def llm_train_argv(args, table: Table, data: Path, sids: Path, out: Path, arm: dict) -> list:
+    """The table's shared options, then the arm's (an arm's option replaces a shared one of the same name)."""
+    shared, extra = list(table.llm), list(arm["extra"])
+    for i in range(0, len(shared) - 1):
+        if shared[i] in extra and shared[i].startswith("--") and not shared[i + 1].startswith("--"):
+            shared[i:i + 2] = [None, None]
+    return ["llm", "train", "--data", data, *(["--sids", sids] if table.sids else []), "--out", out,
+            *[x for x in shared if x is not None], "--epochs", args.epochs, "--select-every", "1", "--select-metric",
+            "NDCG@10", "--select-rows", args.select_rows, "--select-patience", "3", "--eval-split", "", "--seed",
+            arm["seed"], "--threads", args.threads, "--resume",
             *[x.format(sasrec=out.parent / "sasrec", alpha=args.alpha) for x in extra]]
 
 
-def run_industrial(runner: CommandRunner, args, arms: list[str]) -> None:
-    work = args.work / "Industrial_and_Scientific"
-    data, sids = work / "data", work / "sids"
-    runner.run("Industrial: data", ["data", "prepare", "--format", "minionerec", "--source", INDUSTRIAL, "--out",
-                                    data, "--minionerec-train", "histories"], data / "manifest.json")
-    runner.run("Industrial: SIDs", ["index", "import", "--data", data, "--out", sids], sids / "sids.json")
-    for name in arms:
-        arm, out = INDUSTRIAL_ARMS[name], work / name
-        ranks = out / "test_ranks.parquet"
-        if arm["kind"] == "cf":
-            runner.run(f"Industrial: {name} train", ["cf", "train", "--data", data, "--out", out, *arm["extra"],
-                                                     "--threads", args.threads], out / "test_metrics.json")
-            runner.run(f"Industrial: {name} test", ["cf", "eval", "--data", data, "--model-dir", out, "--k",
-                                                    ",".join(map(str, KS)), "--ranks", ranks, "--json"], ranks,
-                       stdout=out / "test_eval.json")
-        else:
-            runner.run(f"Industrial: {name} train", llm_train_argv(args, data, sids, out, arm),
-                       out / "training.json")
-            runner.run(f"Industrial: {name} test", ["llm", "eval", "--data", data, "--model", out, "--k",
-                                                    ",".join(map(str, KS)), "--beams", "10", "--ranks", ranks,
-                                                    "--threads", args.threads, "--json"], ranks,
-                       stdout=out / "test_eval.json")
-        if not runner.dry:
-            keep_result(work, name)
-
-
-def keep_result(work: Path, name: str) -> None:
+def keep_result(out: Path, kept: Path) -> None:
     """Copies an arm's small result files (metrics, per-row ranks, train and selection logs) under docs/."""
-    kept = RESULTS / "Industrial_and_Scientific" / name
     kept.mkdir(parents=True, exist_ok=True)
-    for file in ("test_eval.json", "test_ranks.parquet", "selection.json", "train/train_log.csv",
-                 "train_log.csv"):
-        if (work / name / file).exists():
-            (kept / Path(file).name).write_bytes((work / name / file).read_bytes())
+    for file in ("test_eval.json", "test_ranks.parquet", "selection.json", "train/train_log.csv", "train_log.csv"):
+        if (out / file).exists():
+            (kept / Path(file).name).write_bytes((out / file).read_bytes())
 
 
-ARM_NAMES = {"sasrec": "SASRec (recalign's default: CE over all positions, early stopping on valid NDCG@10)",
-             "sid-seq": "SmolLM2-135M SID recommender, sequence objective (seed 0)",
-             "sid-seq-seed1": "the same, seed 1",
-             "scratch-seq": "from-scratch decoder 4x256, same objective and SIDs",
-             "sa-init": "+ SA-Init (SID token rows from the shipped teacher keywords)",
-             "ts-align": "+ TS-Align (token <-> description rows in the mix)",
-             "ts-rec": "+ SA-Init + TS-Align (TS-Rec)",
-             "tca": "+ TCA4Rec (the SASRec arm's logits as soft labels at every position)",
-             "ts-rec-tca": "TS-Rec + TCA4Rec"}
-PUBLISHED = ["| model (MiniOneRec paper, Industrial, full train split, Qwen-scale) | HR@10 | NDCG@10 |",
-             "|---|---|---|", "| SASRec | .1088 | .0806 |", "| TIGER | .1321 | .0908 |",
-             "| MiniOneRec | .1586 | .1167 |"]
-
-
-def finished_arms() -> dict[str, dict]:
-    """Each finished Industrial arm's kept results: metrics record, per-row ranks, training curve."""
+def finished_arms(name: str, table: Table) -> dict[str, dict]:
+    """Each finished arm's kept results: metrics record, per-row ranks, validation curve."""
     from recalign.eval.metrics import read_ranks
 
     arms = {}
-    for name in INDUSTRIAL_ARMS:
-        kept = RESULTS / "Industrial_and_Scientific" / name
-        if not (kept / "test_ranks.parquet").exists():
-            continue
-        arms[name] = {"record": json.loads((kept / "test_eval.json").read_text()),
-                      "ranks": read_ranks(kept / "test_ranks.parquet"), "curve": validation_curve(kept)}
+    for arm_name in table.arms:
+        kept = RESULTS / name / arm_name
+        if (kept / "test_ranks.parquet").exists():
+            ranks = read_ranks(kept / "test_ranks.parquet")[:table.test_rows]  # CF models rank every test row
+            arms[arm_name] = {"record": json.loads((kept / "test_eval.json").read_text()), "ranks": ranks,
+                              "curve": validation_curve(kept)}
     return arms
 
 
 def validation_curve(kept: Path) -> list[tuple[float, float]]:
     """(training minutes, validation NDCG@10) after each epoch: the LLM's selection rounds or the CF trainer's log."""
-    if (kept / "selection.json").exists():
-        log = pd.read_csv(kept / "train_log.csv")
-        minutes = log.groupby("epoch")["seconds"].sum().cumsum() / 60
-        return [(float(minutes[row["epoch"]]), row["NDCG@10"]) for row in json.loads((kept / "selection.json")
-                                                                                      .read_text())]
     log = pd.read_csv(kept / "train_log.csv")
+    if (kept / "selection.json").exists():
+        minutes = log.groupby("epoch")["seconds"].sum().cumsum() / 60
+        rounds = json.loads((kept / "selection.json").read_text())
+        return [(float(minutes[row["epoch"]]), row["NDCG@10"]) for row in rounds]
     return list(zip((log["seconds"].cumsum() / 60).tolist(), log["valid_NDCG@10"].tolist()))
 
 
-def metrics_cell(record: dict, name: str) -> str:
-    return f"{record[name]:.4f} ± {record['ci95'][name]:.4f}"
+def metric_cells(ranks: np.ndarray) -> list[str]:
+    """HR and NDCG at each K with 95% intervals, from the per-row ranks (so every arm's cells cover the same rows)."""
+    from recalign.eval.metrics import confidence_95, ranking_metrics
+
+    values, half = ranking_metrics(ranks, KS), confidence_95(ranks, KS)
+    return [f"{values[f'{m}@{k}']:.4f} ± {half[f'{m}@{k}']:.4f}" for k in KS for m in ("HR", "NDCG")]
 
 
 def paired_cell(ranks: np.ndarray, base: np.ndarray | None, metric: str = "NDCG@10") -> str:
@@ -158,7 +198,7 @@ def paired_cell(ranks: np.ndarray, base: np.ndarray | None, metric: str = "NDCG@
     return f"{mean:+.4f} ± {half:.4f} ({verdict})"
 
 
-def plot_curves(arms: dict[str, dict], path: Path) -> None:
+def plot_curves(arms: dict[str, dict], title: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,68 +206,78 @@ def plot_curves(arms: dict[str, dict], path: Path) -> None:
 
     fig, axis = plt.subplots(figsize=(7, 4))
     for name, arm in arms.items():
-        minutes, ndcg = zip(*arm["curve"]) if arm["curve"] else ((), ())
-        axis.plot(minutes, ndcg, marker="o", label=name)
+        if arm["curve"]:
+            minutes, ndcg = zip(*arm["curve"])
+            axis.plot(minutes, ndcg, marker="o", label=name)
     axis.set_xlabel("training time (minutes, validation decoding excluded)")
     axis.set_ylabel("validation NDCG@10")
     axis.set_ylim(bottom=0)
-    axis.set_title("Industrial_and_Scientific")
+    axis.set_title(title)
     axis.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def industrial_section(args, runner: CommandRunner) -> str:
-    arms = finished_arms()
+def table_section(args, name: str, table: Table) -> str:
+    arms = finished_arms(name, table)
+    lines = [f"## {name}", "", table.setting, ""]
     if not arms:
-        return "No Industrial arm has finished yet."
-    plot_curves(arms, DOC.parent / "quality_industrial.png")
-    sasrec = arms.get("sasrec", {}).get("ranks")
-    base = arms.get(BASE, {}).get("ranks")
-    n_rows = {len(arm["ranks"]) for arm in arms.values()}
-    lines = [f"Test rows: {', '.join(f'{n:,}' for n in sorted(n_rows))} (every row of test.csv); full catalogue "
-             "(3,686 items); a hit is the target item. ± is the 95% interval over rows; the paired columns are the "
-             "mean per-row difference of NDCG@10 on the same rows with its 95% interval.", "",
-             "| arm | " + " | ".join(f"{m}@{k}" for k in KS for m in ("HR", "NDCG")) + " | NDCG@10 − SASRec | "
-             f"NDCG@10 − {BASE} | minutes trained | best valid NDCG@10 (minute) |", "|" + "---|" * (2 * len(KS) + 5)]
-    for name, arm in arms.items():
-        record, curve = arm["record"], arm["curve"]
+        return "\n".join(lines + ["No arm has finished yet."])
+    plot = f"quality_{name}.png"
+    plot_curves(arms, name, DOC.parent / plot)
+    sasrec, base = arms.get("sasrec", {}).get("ranks"), arms.get(table.base, {}).get("ranks")
+    lines += [f"{len(next(iter(arms.values()))['ranks']):,} test rows, the same for every arm. ± is the 95% interval "
+              "over rows; the paired columns are the mean per-row difference of NDCG@10 on the same rows with its "
+              "95% interval (above / below: the interval excludes 0).", "",
+              "| arm | " + " | ".join(f"{m}@{k}" for k in KS for m in ("HR", "NDCG")) + " | NDCG@10 − SASRec | "
+              f"NDCG@10 − {table.base} | minutes trained | best valid NDCG@10 (minute) |",
+              "|" + "---|" * (2 * len(KS) + 5)]
+    for arm_name, arm in arms.items():
+        curve = arm["curve"]
         best = max(curve, key=lambda point: point[1]) if curve else None
-        lines.append(f"| {name} | " + " | ".join(metrics_cell(record, f"{m}@{k}") for k in KS for m in ("HR", "NDCG"))
+        lines.append(f"| {arm_name} | " + " | ".join(metric_cells(arm["ranks"]))
                      + f" | {paired_cell(arm['ranks'], sasrec)} | {paired_cell(arm['ranks'], base)} | "
                      + (f"{curve[-1][0]:.1f} | {best[1]:.4f} ({best[0]:.1f}) |" if curve else "– | – |"))
-    lines += ["", *[f"- **{name}**: {ARM_NAMES[name]}" for name in arms], "",
-              "![validation NDCG@10 against training time](quality_industrial.png)", "",
-              "The LLM arms' validation points are NDCG@10 on the first "
-              f"{args.select_rows} validation rows after each epoch (the selection rounds: the best round's model is "
-              "the one tested); SASRec's are its trainer's NDCG@10 on every validation row.", "",
+    lines += ["", *[f"- **{arm_name}**: {table.arms[arm_name]['about']}" for arm_name in arms], "",
+              f"![validation NDCG@10 against training time]({plot})", "",
+              f"The LLM arms' validation points are NDCG@10 on the first {args.select_rows} validation rows after each "
+              "epoch (the selection rounds: the best round's model is the one tested); SASRec's are its trainer's "
+              "NDCG@10 on every validation row.", "",
               "For orientation only (another training set and scale, never in the same column as ours):", "",
-              *PUBLISHED]
+              *table.published]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_runner_arguments(parser, REPO / "runs" / "bench-quality", DOC)
-    parser.add_argument("--arms", default=",".join(INDUSTRIAL_ARMS), help="Industrial arms to run now")
+    parser.add_argument("--arms", default="", help="DATASET:ARM,... to run now (the report covers every finished "
+                                                   "arm)")
     parser.add_argument("--epochs", type=int, default=10, help="LLM epoch cap (selection stops earlier)")
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--alpha", type=float, default=0.1, help="TCA arms: weight of the CF soft labels")
     parser.add_argument("--select-rows", type=int, default=300)
+    parser.add_argument("--alpha", type=float, default=0.1, help="TCA arms: weight of the CF soft labels")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the kept results")
     args = parser.parse_args()
     runner = CommandRunner(args.work, args.python)
-    if not args.report_only:
-        run_industrial(runner, args, [a for a in args.arms.split(",") if a])
-    header = (f"Produced by `{shown_command('quality.py')}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC), on "
-              f"{machine()}, {args.threads} threads, fp32 (`auto`: no native bf16 here). Each arm's small result "
-              "files are kept under `docs/benchmarks/quality/`; the commands are listed under *Commands*.")
-    write_section(args.out, "industrial", "## Industrial_and_Scientific: semantic IDs\n\n" + header + "\n\n"
-                  + industrial_section(args, runner), "Quality: aligned LLM recommenders against SASRec")
-    listed = CommandRunner(args.work, args.python, dry=True)  # every finished arm's commands, run now or before
-    run_industrial(listed, args, list(finished_arms()))
-    write_section(args.out, "commands", "## Commands\n\n" + "\n".join(listed.commands_block()),
-                  "Quality: aligned LLM recommenders against SASRec")
+    wanted = [tuple(item.split(":", 1)) for item in args.arms.split(",") if item]
+    for name, table in TABLES.items():
+        arms = [arm for dataset, arm in wanted if dataset == name]
+        unknown = set(arms) - set(table.arms)
+        if unknown:
+            parser.error(f"{name} has no arm {', '.join(sorted(unknown))}: {', '.join(table.arms)}")
+        if arms and not args.report_only:
+            arm_commands(runner, args, name, table, arms)
+    header = (f"Produced by `{shown_command('quality.py')}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC) on "
+              f"{machine()}, {args.threads} threads, fp32 (`auto`: no native bf16 here). Each arm's small result files "
+              "are kept under `docs/benchmarks/quality/`; the commands of every finished arm are under *Commands*.")
+    write_section(args.out, "header", header, TITLE)
+    listed = CommandRunner(args.work, args.python, dry=True)
+    for name, table in TABLES.items():
+        write_section(args.out, name, table_section(args, name, table), TITLE)
+        finished = list(finished_arms(name, table))
+        if finished:
+            arm_commands(listed, args, name, table, finished)
+    write_section(args.out, "commands", "## Commands\n\n" + "\n".join(listed.commands_block()), TITLE)
 
 
 if __name__ == "__main__":
