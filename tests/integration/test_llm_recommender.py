@@ -17,7 +17,7 @@ from recalign.cli import app
 from recalign.data import CatalogueMismatch
 from recalign.data.dataset import item_table
 from recalign.decode import BeamConfig, Ranked
-from recalign.decode.recommend import evaluate_llm, recommend, target_ranks
+from recalign.decode.recommend import diversity, evaluate_llm, recommend, target_ranks
 from recalign.eval.metrics import ranking_metrics
 from recalign.index import ItemIndex
 from recalign.llm.recommender import LLMRecommender, RecommenderConfig
@@ -105,6 +105,10 @@ def test_item_ranks_are_pessimistic_within_a_shared_identifier():
     assert leaf_ranks.tolist() == [0, 1, 1, 2]
     missing, _ = target_ranks([Ranked(leaves[:1], [-1.0])], np.array([3]), holder)
     assert missing.tolist() == [np.inf]
+    holder.raw_ids = ["a", "b", "c", "d", "e"]  # item 4 never ranked
+    # top 2 per row: [1, 0], [1, 0], [1, 0], [1, 0] and one row ranking leaf(3) then leaf(1): [3, 1]
+    spread = diversity([*results, Ranked([leaves[2], leaves[0]], [-1.0, -2.0])], holder, ks=(1, 2))
+    assert spread == {"coverage@1": 2 / 5, "coverage@2": 3 / 5, "distinct_top1": 2}
 
 
 def test_cli_train_eval_and_recommend(tmp_path, trained):
@@ -116,6 +120,7 @@ def test_cli_train_eval_and_recommend(tmp_path, trained):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["HR@1"] >= 0.9 and record["n_examples"] == 30 and "NDCG@5" in record["identifier_metrics"]
+    assert record["diversity"]["distinct_top1"] > 1 and 0 < record["diversity"]["coverage@5"] <= 1
     ranks = pd.read_parquet(tmp_path / "ranks.parquet")
     assert list(ranks["target"]) == dataset.table("test").column("target").to_pylist()
     assert ranking_metrics(ranks["rank"].to_numpy(), (5,))["NDCG@5"] == record["NDCG@5"]

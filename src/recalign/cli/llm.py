@@ -38,7 +38,8 @@ RowsOption = Annotated[int | None, typer.Option(help="Evaluate only the split's 
 
 def evaluation_record(evaluation, split: str, ks, beams: int) -> dict:
     return {"metrics": evaluation.metrics, "ci95": evaluation.ci95,
-            "identifier_metrics": evaluation.identifier_metrics, "n_examples": evaluation.n_examples,
+            "identifier_metrics": evaluation.identifier_metrics, "diversity": evaluation.diversity,
+            "n_examples": evaluation.n_examples,
             "users_per_second": evaluation.users_per_second,
             "protocol": {"split": split, "ks": list(ks), "beams": beams, "ranking": "constrained beam search",
                          "ties": "pessimistic within a shared identifier"}}
@@ -71,6 +72,10 @@ def evaluate_and_report(recommender, dataset, split: str, ks, beams: int, batch_
     what = "SID" if recommender.index.kind == "sid" else "title"
     console.print(f"identifier match (any item sharing the target's {what} counts, as TCA4Rec's and MiniOneRec's "
                   f"code): {lenient}")
+    spread = evaluation.diversity
+    console.print(f"diversity: {spread['distinct_top1']:,} distinct top-1 items over {evaluation.n_examples:,} rows; "
+                  + ", ".join(f"{name} {value:.3f}" for name, value in spread.items() if name.startswith("coverage"))
+                  + " (share of the catalogue in anyone's top K)")
     return record
 
 

@@ -16,7 +16,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from ..data import Dataset
-from ..eval.metrics import DEFAULT_KS, confidence_95, ranking_metrics
+from ..eval.metrics import DEFAULT_KS, confidence_95, coverage, ranking_metrics
 from ..eval.protocols import split_histories
 from ..llm.recommender import LLMRecommender
 from ..llm.train import LabelPositionLM, SFTExample, collate, launch_state
@@ -106,6 +106,9 @@ class LLMEvaluation:
     users_per_second: float
     item_ranks: np.ndarray
     results: list[Ranked]
+    # share of the catalogue in anyone's top K, and the distinct top-1 items: near-constant rankings (a model that
+    # learned popularity, not the user) show here long before they show in hit rates
+    diversity: dict[str, float]
 
 
 def evaluate_llm(recommender: LLMRecommender, dataset: Dataset, split: str = "test", ks=DEFAULT_KS,
@@ -144,4 +147,15 @@ def evaluate_llm(recommender: LLMRecommender, dataset: Dataset, split: str = "te
     return LLMEvaluation(metrics=ranking_metrics(item_ranks, ks), ci95=confidence_95(item_ranks, ks),
                          identifier_metrics=ranking_metrics(leaf_ranks, ks), n_examples=len(targets),
                          users_per_second=len(targets) / seconds if seconds > 0 else float("inf"),
-                         item_ranks=item_ranks, results=results)
+                         item_ranks=item_ranks, results=results, diversity=diversity(results, recommender, ks))
+
+
+def diversity(results: list[Ranked], recommender: LLMRecommender, ks) -> dict[str, float]:
+    k = max(ks)
+    top = np.full((len(results), k), -1)
+    for row, result in enumerate(results):
+        items = result.items(recommender.index, k)
+        top[row, :len(items)] = items
+    n_items = len(recommender.raw_ids)
+    return {**{f"coverage@{k}": coverage(top, n_items, k) for k in ks},
+            "distinct_top1": int(len(np.unique(top[:, 0][top[:, 0] >= 0])))}
