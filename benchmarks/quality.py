@@ -230,15 +230,18 @@ def table_section(args, name: str, table: Table) -> str:
               "over rows; the paired columns are the mean per-row difference of NDCG@10 on the same rows with its "
               "95% interval (above / below: the interval excludes 0).", "",
               "| arm | " + " | ".join(f"{m}@{k}" for k in KS for m in ("HR", "NDCG")) + " | NDCG@10 − SASRec | "
-              f"NDCG@10 − {table.base} | minutes trained | best valid NDCG@10 (minute) |",
-              "|" + "---|" * (2 * len(KS) + 5)]
+              f"NDCG@10 − {table.base} | distinct top-1 items | minutes trained | best valid NDCG@10 (minute) |",
+              "|" + "---|" * (2 * len(KS) + 6)]
     for arm_name, arm in arms.items():
         curve = arm["curve"]
         best = max(curve, key=lambda point: point[1]) if curve else None
         lines.append(f"| {arm_name} | " + " | ".join(metric_cells(arm["ranks"]))
                      + f" | {paired_cell(arm['ranks'], sasrec)} | {paired_cell(arm['ranks'], base)} | "
+                     + f"{arm['record'].get('diversity', {}).get('distinct_top1', '–')} | "
                      + (f"{curve[-1][0]:.1f} | {best[1]:.4f} ({best[0]:.1f}) |" if curve else "– | – |"))
     lines += ["", *[f"- **{arm_name}**: {table.arms[arm_name]['about']}" for arm_name in arms], "",
+              "*Distinct top-1 items*: how many different items the LLM ranks first over the test rows (a model "
+              "that learned popularity rather than the user ranks the same few first for everyone).", "",
               f"![validation NDCG@10 against training time]({plot})", "",
               f"The LLM arms' validation points are NDCG@10 on the first {args.select_rows} validation rows after each "
               "epoch (the selection rounds: the best round's model is the one tested); SASRec's are its trainer's "
