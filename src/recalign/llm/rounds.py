@@ -57,7 +57,7 @@ class Rounds:
 
 def train_in_rounds(recommender, examples: list[SFTExample], sft: SFTConfig, out: Path, rounds: Rounds,
                     judge: Callable[[], float], patience: Patience, loss_hook: LossHook | None = None,
-                    resume: bool = False, log: Callable[[str], None] = print) -> SFTResult:
+                    resume: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> SFTResult:
     """Trains ``recommender`` round by round (checkpoints in ``out/train``); after each round ``judge()`` scores the
     model and the best round's recommender is saved in ``out``. Under ``accelerate launch`` every process trains
     and judges (a judge may shard its rows); one saves. Returns the training result of the last round trained."""
@@ -76,7 +76,7 @@ def train_in_rounds(recommender, examples: list[SFTExample], sft: SFTConfig, out
         steps = end * rounds.steps_per_unit
         result = sft_train(recommender.model, examples, replace(sft, max_steps=steps), out / "train",
                            loss_hook=loss_hook, resume=resume or bool(history) or end != rounds.ends[0],
-                           pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
+                           progress=progress, pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
         if result.steps != steps:  # the checkpoint is past this round: its weights are later ones
             raise ValueError(f"the checkpoint in {out / 'train'} is at step {result.steps}, past the end of {unit} "
                              f"{end} (step {steps}); resume with the selection interval of the interrupted run")
@@ -85,7 +85,7 @@ def train_in_rounds(recommender, examples: list[SFTExample], sft: SFTConfig, out
         best = max((row[metric] for row in history), default=float("-inf"))
         row = {unit: end, metric: score, "kept": score > best}
         if rounds.timed:
-            row.update(step=steps, seconds=round(sum(r["seconds"] for r in result.log), 1))
+            row.update(step=steps, seconds=round(sum(r["seconds"] for r in result.log), 3))
         history.append(row)
         if state.is_main_process:
             if score > best:
@@ -97,5 +97,5 @@ def train_in_rounds(recommender, examples: list[SFTExample], sft: SFTConfig, out
         stopped = patience.stops([row[metric] for row in history])
         last = replace(sft, max_steps=history[-1][unit] * rounds.steps_per_unit) if stopped else sft
         result = sft_train(recommender.model, examples, last, out / "train", loss_hook=loss_hook, resume=True,
-                           pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
+                           progress=progress, pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
     return result
