@@ -18,6 +18,10 @@ epoch in training, seeded in evaluation), shuffled; or, for a full-catalogue pro
 ("retrieved": the target is not added). Decoding is the title-trie beam search restricted to the candidates'
 titles (a per-user item index), so every answer is a candidate id; the paper's lenient check (free greedy
 generation with repetition penalty 1.5, a hit when the target title is a substring of it) is reported beside.
+
+Training runs a fixed number of passes, or (``Stage2Selection``) in validation rounds until the validation Hit@1
+stops rising, the best round's model kept; ``candidate_hits`` gives each evaluated row's hit and groups, so models
+judged on the same rows and seed compare row by row.
 """
 
 from __future__ import annotations
@@ -336,7 +340,7 @@ class Stage2Selection:
     rows: int = 200
     patience: int = 0
     min_delta: float = 0.001
-    split: str = "valid"
+    split = "valid"  # not a field: a model is never selected on another split (the test)
 
     def check(self, dataset, trains: bool) -> None:
         """Raises ValueError on settings that cannot be honoured, before any training."""
@@ -378,14 +382,15 @@ def train_stage2(recommender, dataset, sft, out: str | Path, words: PromptWords,
     selection = selection or Stage2Selection()
     soft = recommender.embedding_hook is not None
     name = variant(soft, recommender.config.finetune)
-    selection.check(dataset, trains=name != "LLM-only (zero-shot)")
+    trains = name != "LLM-only (zero-shot)"
+    selection.check(dataset, trains)
     record = {"soft_tokens": soft, "variant": name, "n_candidates": n_candidates, "train_rows": rows,
               "words": asdict(words)}
     result, examples = None, []
-    if name != "LLM-only (zero-shot)":
+    if trains:
         examples = [e for epoch in range(epochs) for e in stage2_examples(
             recommender, dataset, words, soft, n_candidates, sft.seed + epoch, max_rows, rows)]
-    if examples and selection.every:
+    if trains and selection.every:
         def judge() -> float:
             judged = evaluate_candidates(dataset, selection.split, "sampled", n_candidates, sft.seed, selection.rows,
                                          recommender, record, progress=progress)
@@ -397,9 +402,9 @@ def train_stage2(recommender, dataset, sft, out: str | Path, words: PromptWords,
         result = train_in_rounds(recommender, examples, sft, out, rounds, judge,
                                  Patience(selection.patience, selection.min_delta), resume=resume, log=log,
                                  progress=progress)
-        record["selection"] = {**asdict(selection), "seed": sft.seed}
+        record["selection"] = {**asdict(selection), "split": selection.split, "seed": sft.seed}
     else:
-        if examples:
+        if trains:  # no examples: sft_train refuses
             result = sft_train(recommender.model, examples, sft, out / "train", resume=resume, progress=progress,
                                pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
         recommender.save_pretrained(out)
