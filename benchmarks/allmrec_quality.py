@@ -13,6 +13,19 @@ history), so every comparison is a paired per-row difference with a 95% interval
 items and cold users.
 
     .venv/bin/python benchmarks/allmrec_quality.py --threads 2
+
+Office_Products by default: its SASRec is about four times stronger than Toys' (test NDCG@10 .055 vs .0135 over
+the full catalogue, docs/benchmarks/cf.md), on half the catalogue (9,913 items, so more interactions per item
+embedding), so the collaborative knowledge A-LLMRec injects has more to give; both datasets have hundreds of
+cold-item test rows among the first 2,000.
+
+Expected duration on a 2-core Xeon without native bf16 (fp32; estimates, not measurements: a 4-row LoRA step of
+~1,020 tokens takes 5 s there, docs/benchmarks/precision.md, and an Office A-LLMRec prompt is ~700 tokens):
+stage 2 about 14 s per optimiser step (the defaults: 250 steps, about 60 min) plus 4-5 min per validation round
+(150 rows, 5 rounds at most), so at most about 85 min per stage-2 arm, less when patience stops it; the test about
+1.5-2 s per row for each LLM arm (2,000 rows: 50-65 min each, three arms); data, SASRec and stage 1 a few minutes.
+About 5-6 hours in all: run it over several sittings (the same command resumes), e.g. ``--arms sasrec,allmrec``
+first.
 """
 
 from __future__ import annotations

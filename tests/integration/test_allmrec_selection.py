@@ -198,3 +198,11 @@ def test_hits_table_pairs_rows_and_summarises_to_the_groups():
         mask = np.ones(20, dtype=bool) if name == "all" else table[name].to_numpy()
         assert entry["rows"] == mask.sum() and entry["Hit@1"] == pytest.approx(table["hit"][mask].mean(), nan_ok=True)
     assert set(summary["groups"]) == {"all", "warm items", "cold items", "cold users"}
+
+
+def test_a_stage_2_with_no_training_rows_is_refused_not_saved_untrained(tmp_path):
+    dataset = rule_dataset(with_valid=True)
+    for selection in (Stage2Selection(), Stage2Selection(every=1, rows=ROWS)):
+        with pytest.raises(ValueError, match="no training examples"):
+            train(stage2_recommender(dataset), dataset, tmp_path, selection, max_rows=0)
+        assert not (tmp_path / "allmrec.json").exists()
