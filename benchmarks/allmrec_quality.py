@@ -45,8 +45,8 @@ DOC = REPO / "docs" / "benchmarks" / "allmrec_quality.md"
 RESULTS = REPO / "docs" / "benchmarks" / "allmrec_quality"
 ARMS = {"sasrec": "SASRec (recalign's default: CE over the catalogue, early stopping on validation NDCG@10), ranking "
                   "the same 20 candidates by its scores",
-        "allmrec": "A-LLMRec: SmolLM2-135M-Instruct frozen, the projectors F_U and F_I trained on the stage-1 joint "
-                   "embeddings over SASRec's",
+        "allmrec": "A-LLMRec: the LLM frozen, the projectors F_U and F_I trained on the stage-1 joint embeddings "
+                   "over SASRec's",
         "llm-only-lora": "LLM-only, LoRA-tuned (the paper's TALLRec row): the same prompt without soft tokens",
         "llm-only-zero-shot": "LLM-only, zero-shot (the paper's LLM-Only): the same prompt, the LLM untrained"}
 STAGE2 = ("allmrec", "llm-only-lora")  # trained in validation rounds
@@ -120,7 +120,7 @@ def run_arms(runner: CommandRunner, args, arms: list[str]) -> None:
     run("data", ["data", "prepare", "--format", "amazon18", "--source", args.source, "--out", data],
         data / "manifest.json")
     if args.cf is None:
-        run("SASRec train", ["cf", "train", "--data", data, "--model", "sasrec", "--out", cf, *threads],
+        run("SASRec train", ["cf", "train", "--data", data, "--model", "sasrec", "--out", cf, "--resume", *threads],
             cf / "test_metrics.json")
     if "allmrec" in arms:
         run("stage 1", ["allmrec", "stage1", "--data", data, "--cf", cf, "--out", s1, "--seed", args.seed,
@@ -249,6 +249,7 @@ def setting(args) -> list[str]:
         "- **Breakdowns**: warm / cold items are rows whose target's training interaction count is in the top / "
         "bottom 35% of the items' counts (ties at the quantile included); cold users are rows whose user has no "
         "training row.",
+        f"- **LLM**: `{args.backbone}` (`smollm2-135m`: SmolLM2-135M-Instruct) for the three LLM arms.",
         "- **Stage 1**: the paper's autoencoders over SASRec's item embeddings and cached all-MiniLM-L6-v2 text "
         "embeddings (frozen; the paper fine-tunes SBERT), the official loss weights, 10 epochs.",
         f"- **Stage 2, selected on validation**: after every {args.select_every} optimiser steps the model picks "
