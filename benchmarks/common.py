@@ -46,6 +46,15 @@ def write_section(document: Path, name: str, text: str, title: str) -> None:
                         else current.rstrip() + "\n\n" + block + "\n")
 
 
+def keep_files(source: Path, kept: Path, files: tuple[str, ...]) -> None:
+    """Copies a finished step's small result files (those of ``files`` that exist under ``source``; nested paths
+    land flat) into ``kept`` under docs/, so a report can be rewritten without the working folder."""
+    kept.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        if (source / file).exists():
+            (kept / Path(file).name).write_bytes((source / file).read_bytes())
+
+
 def add_runner_arguments(parser: argparse.ArgumentParser, work: Path, out: Path) -> None:
     """The options of a benchmark that runs its steps with ``CommandRunner``: seed, threads, working folder,
     Python, report file and a note for the report."""

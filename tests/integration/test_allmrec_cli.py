@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -42,6 +43,18 @@ def test_allmrec_commands(tmp_path, monkeypatch):
     invoke("allmrec", "stage2", *common, "--no-soft-tokens", "--out", tmp_path / "llm-only")
     out = invoke("allmrec", "stage2", *common, "--no-soft-tokens", "--zero-shot", "--out", tmp_path / "zero-shot")
     assert "nothing trained" in out and not (tmp_path / "zero-shot" / "train").exists()
+    # stage 2 in validation rounds: Hit@1 on 4 valid rows after every step, the best round kept
+    out = invoke("allmrec", "stage2", *common, "--stage1", tmp_path / "s1", "--out", tmp_path / "sel",
+                 "--select-every", "1", "--select-rows", "4", "--select-patience", "1")
+    rounds = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert "valid Hit@1 (4 rows)" in out and "kept step" in out and set(rounds[0]) == {"step", "Hit@1", "kept",
+                                                                                         "seconds"}
+    for extra, message in ((["--no-soft-tokens", "--zero-shot", "--select-every", "2"], "zero-shot"),
+                           (["--stage1", tmp_path / "s1", "--select-every", "2", "--select-rows", "0"], "at least 1"),
+                           (["--stage1", tmp_path / "s1", "--select-patience", "2"], "needs --select-every")):
+        refused = runner.invoke(app, ["allmrec", "stage2", *map(str, common), "--out", str(tmp_path / "bad"),
+                                      *map(str, extra)])
+        assert refused.exit_code == 1 and message in refused.output, refused.output
     variants = {name: json.loads((tmp_path / name / "allmrec.json").read_text())["variant"]
                 for name in ("a", "llm-only", "zero-shot")}
     assert variants == {"a": "A-LLMRec", "llm-only": "LLM-only (lora, TALLRec-like)",
@@ -58,11 +71,15 @@ def test_allmrec_commands(tmp_path, monkeypatch):
     judged = {"a": ["--model", tmp_path / "a", "--lenient"], "llm-only": ["--model", tmp_path / "llm-only"],
               "zero-shot": ["--model", tmp_path / "zero-shot"], "cf": ["--cf", tmp_path / "cf"]}
     for name, args in judged.items():
-        results[name] = json.loads(invoke("allmrec", "eval", "--data", data, *args, "--rows", "6", "--json"))
-    for result in results.values():
+        results[name] = json.loads(invoke("allmrec", "eval", "--data", data, *args, "--rows", "6", "--json",
+                                          "--hits", tmp_path / f"hits-{name}.parquet"))
+    for name, result in results.items():
         groups = result["groups"]
         assert groups["all"]["rows"] == 6 and 0 <= groups["all"]["Hit@1"] <= 1
         assert groups["warm items"]["rows"] + groups["cold items"]["rows"] <= 6
+        hits = pd.read_parquet(tmp_path / f"hits-{name}.parquet")  # per row, paired across models
+        assert hits["row"].tolist() == list(range(6)) and hits["hit"].mean() == pytest.approx(groups["all"]["Hit@1"])
+        assert hits["cold items"].sum() == groups["cold items"]["rows"]
     assert results["a"]["n_candidates"] == 10 and "Hit@1 lenient" in results["a"]["groups"]["all"]
     for command in (["llm", "eval", "--data", str(data), "--model", str(tmp_path / "a")],
                     ["recommend", "--model", str(tmp_path / "a"), "--history", "1,2"]):

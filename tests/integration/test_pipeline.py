@@ -200,13 +200,15 @@ def test_an_allmrec_recipe_trains_both_stages_and_reports_the_candidate_protocol
         "allmrec": {"stage1": {"epochs": 1, "batch_size": 64},
                     "recommender": {"backbone": "tiny", "precision": "fp32", "finetune": "frozen", "max_history": 4},
                     "train": {"epochs": 1, "batch_size": 4, "micro_batch_size": 4, "lr": 1e-3, "precision": "fp32"},
-                    "max_train_rows": 8, "n_candidates": 10},
+                    "max_train_rows": 8, "n_candidates": 10, "selection": {"every": 1, "rows": 4}},
         "eval": {"rows": 5, "ks": [1, 5], "beams": 5, "baselines": ["popularity"]},
     }
     result = runner.invoke(app, ["run", str(write(tmp_path, recipe)), "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
-    assert "stages run: data, cf, allmrec, eval" in result.output and "A-LLMRec stage 1: 1 epochs" in result.output
     stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    rounds = json.loads((tmp_path / "run" / stages["allmrec"] / "selection.json").read_text())
+    assert [r["step"] for r in rounds] == [1, 2] and "valid Hit@1 (4 rows)" in result.output
+    assert "stages run: data, cf, allmrec, eval" in result.output and "A-LLMRec stage 1: 1 epochs" in result.output
     results = json.loads((tmp_path / "run" / stages["eval"] / "results.json").read_text())
     assert set(results["candidates"]) == {"A-LLMRec", "sasrec"}
     assert all(r["groups"]["all"]["rows"] == 5 and r["n_candidates"] == 10 for r in results["candidates"].values())

@@ -18,11 +18,16 @@ epoch in training, seeded in evaluation), shuffled; or, for a full-catalogue pro
 ("retrieved": the target is not added). Decoding is the title-trie beam search restricted to the candidates'
 titles (a per-user item index), so every answer is a candidate id; the paper's lenient check (free greedy
 generation with repetition penalty 1.5, a hit when the target title is a substring of it) is reported beside.
+
+Training runs a fixed number of passes, or (``Stage2Selection``) in validation rounds until the validation Hit@1
+stops rising, the best round's model kept; ``candidate_hits`` gives each evaluated row's hit and groups, so models
+judged on the same rows and seed compare row by row.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -324,26 +329,86 @@ def variant(soft_tokens: bool, finetune: str) -> str:
     return "LLM-only (zero-shot)" if finetune == "frozen" else f"LLM-only ({finetune}, TALLRec-like)"
 
 
+@dataclass(frozen=True)
+class Stage2Selection:
+    """Stage 2 trained until validation Hit@1 stops rising: every ``every`` optimiser steps the model picks among
+    the candidates of the valid split's first ``rows`` rows (the same seeded candidate sets each round), and the best
+    round's projectors (or LoRA adapter) are kept; ``patience`` rounds without a gain above ``min_delta`` stop the
+    training (0: train every step)."""
+
+    every: int = 0  # optimiser steps between validation rounds (0: off, keep the last model)
+    rows: int = 200
+    patience: int = 0
+    min_delta: float = 0.001
+    split = "valid"  # not a field: a model is never selected on another split (the test)
+
+    def check(self, dataset, trains: bool) -> None:
+        """Raises ValueError on settings that cannot be honoured, before any training."""
+        if self.every < 0:
+            raise ValueError(f"--select-every must be 0 (off) or a number of optimiser steps, not {self.every}")
+        if self.patience < 0 or self.min_delta < 0:
+            raise ValueError(f"--select-patience ({self.patience}) and --select-min-delta ({self.min_delta}) "
+                             "cannot be negative")
+        if not self.every:
+            if self.patience:
+                raise ValueError("--select-patience needs --select-every N (validation rounds to count)")
+            return
+        if not trains:
+            raise ValueError("--select-every judges a model that trains: the zero-shot baseline trains nothing")
+        if self.rows < 1:
+            raise ValueError(f"--select-rows must be at least 1, not {self.rows}")
+        available = dataset.table(self.split).num_rows if self.split in dataset.examples else 0
+        if available == 0:
+            raise ValueError(f"--select-every judges on the {self.split} split, and this dataset has no "
+                             f"{self.split} rows")
+        if self.rows > available:
+            raise ValueError(f"--select-rows {self.rows}: the {self.split} split has only {available} rows")
+
+
 def train_stage2(recommender, dataset, sft, out: str | Path, words: PromptWords, n_candidates: int = 20,
                  epochs: int = 1, max_rows: int | None = None, resume: bool = False, progress: bool = True,
-                 rows: str = "all"):
+                 rows: str = "all", selection: Stage2Selection | None = None, log=print):
     """Trains on prompts with sampled candidates (fresh negatives per epoch: ``sft`` runs one pass over all
-    epochs' prompts), saves the recommender and ``allmrec.json`` in ``out``; returns the SFT result and the
-    number of prompts. The zero-shot baseline (no soft tokens, a frozen LLM) trains nothing: (None, 0)."""
+    epochs' prompts), saves the recommender and ``allmrec.json`` (written last: a folder without it holds an
+    unfinished run) in ``out``; returns the SFT result and the number of prompts. The zero-shot baseline (no soft
+    tokens, a frozen LLM) trains nothing: (None, 0).
+
+    With ``selection.every`` the training runs in validation rounds (``llm.rounds``, recorded in
+    ``out/selection.json``: step, Hit@1, kept, seconds trained) and ``out`` holds the best round's model."""
+    from ..llm.rounds import Patience, Rounds, train_in_rounds
     from ..llm.train import sft_train
 
     out = Path(out)
+    selection = selection or Stage2Selection()
     soft = recommender.embedding_hook is not None
     name = variant(soft, recommender.config.finetune)
+    trains = name != "LLM-only (zero-shot)"
+    selection.check(dataset, trains)
+    record = {"soft_tokens": soft, "variant": name, "n_candidates": n_candidates, "train_rows": rows,
+              "words": asdict(words)}
     result, examples = None, []
-    if name != "LLM-only (zero-shot)":
+    if trains:
         examples = [e for epoch in range(epochs) for e in stage2_examples(
             recommender, dataset, words, soft, n_candidates, sft.seed + epoch, max_rows, rows)]
-        result = sft_train(recommender.model, examples, sft, out / "train", resume=resume, progress=progress,
-                           pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
-    recommender.save_pretrained(out)
-    (out / RECORD).write_text(json.dumps({"soft_tokens": soft, "variant": name, "n_candidates": n_candidates,
-                                          "train_rows": rows, "words": asdict(words)}, indent=2) + "\n")
+    if trains and selection.every:
+        def judge() -> float:
+            judged = evaluate_candidates(dataset, selection.split, "sampled", n_candidates, sft.seed, selection.rows,
+                                         recommender, record, progress=progress)
+            return judged["groups"]["all"]["Hit@1"]
+
+        steps = math.ceil(len(examples) / sft.batch_size)
+        rounds = Rounds.every(selection.every, steps, "step", 1, "Hit@1", timed=True,
+                              label=f"{selection.split} Hit@1 ({selection.rows} rows)")
+        result = train_in_rounds(recommender, examples, sft, out, rounds, judge,
+                                 Patience(selection.patience, selection.min_delta), resume=resume, log=log,
+                                 progress=progress)
+        record["selection"] = {**asdict(selection), "split": selection.split, "seed": sft.seed}
+    else:
+        if trains:  # no examples: sft_train refuses
+            result = sft_train(recommender.model, examples, sft, out / "train", resume=resume, progress=progress,
+                               pad_id=recommender.pad_id, embedding_hook=recommender.embedding_hook)
+        recommender.save_pretrained(out)
+    (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return result, len(examples)
 
 
@@ -357,15 +422,17 @@ def load_stage2(directory: str | Path, dataset):
     return LLMRecommender.from_pretrained(directory, dataset), json.loads((directory / RECORD).read_text())
 
 
-def evaluate_candidates(dataset, split: str = "test", protocol: str = "sampled", n_candidates: int = 20,
-                        seed: int = 0, rows: int | None = None, recommender=None, record: dict | None = None,
-                        cf_model: CFModel | None = None, lenient: bool = False, progress: bool = True) -> dict:
-    """Hit@1 among each row's candidates, overall and per group (``item_groups``), of a stage-2 recommender
-    (``recommender`` + its ``record``) or, without one, of ``cf_model`` ranking the same candidates by its scores
-    (ties pessimistic)."""
+def candidate_hits(dataset, split: str = "test", protocol: str = "sampled", n_candidates: int = 20, seed: int = 0,
+                   rows: int | None = None, recommender=None, record: dict | None = None,
+                   cf_model: CFModel | None = None, lenient: bool = False, progress: bool = True):
+    """Per row of the split (a DataFrame: ``row``, ``target``, ``hit``, ``lenient hit`` with ``lenient``, and one
+    boolean column per ``item_groups`` group): whether a stage-2 recommender (``recommender`` + its ``record``)
+    picks the target first among the row's candidates or, without one, whether ``cf_model`` ranks it first by its
+    scores (ties pessimistic). Rows of two models are paired: the same rows and candidate sets (seeded)."""
+    import pandas as pd
     from tqdm.auto import tqdm
 
-    from ..eval.metrics import half_width_95, ranks_from_scores
+    from ..eval.metrics import ranks_from_scores
 
     sets = candidate_sets(dataset, split, protocol, n_candidates, seed, rows, cf_model)
     frame = dataset.split(split).iloc[:rows]
@@ -383,12 +450,38 @@ def evaluate_candidates(dataset, split: str = "test", protocol: str = "sampled",
         elif target in candidates:  # pessimistic: a candidate scoring as high as the target ranks first
             scores = cf_model.score([np.asarray(history, dtype=np.int64)])[0][candidates]
             hits[row] = ranks_from_scores(scores[None], np.array([candidates.index(target)]))[0] == 0
-    result = {"protocol": protocol, "split": split, "n_candidates": n_candidates, "seed": seed, "groups": {}}
+    table = pd.DataFrame({"row": np.arange(len(frame)), "target": frame["target"].to_numpy().astype(np.int64),
+                          "hit": hits})
+    if lenient and recommender is not None:
+        table["lenient hit"] = lenient_hits
     for name, mask in item_groups(dataset, split, rows).items():
-        values = hits[mask].astype(float)
+        if name != "all":
+            table[name] = mask
+    return table
+
+
+def hit_summary(table, protocol: str, split: str, n_candidates: int, seed: int) -> dict:
+    """Hit@1 with its 95% interval, overall and per group, of a ``candidate_hits`` table."""
+    from ..eval.metrics import half_width_95
+
+    result = {"protocol": protocol, "split": split, "n_candidates": n_candidates, "seed": seed, "groups": {}}
+    everything = np.ones(len(table), dtype=bool)
+    for name in ("all", *(c for c in table.columns if c not in ("row", "target", "hit", "lenient hit"))):
+        mask = everything if name == "all" else table[name].to_numpy()
+        values = table["hit"].to_numpy()[mask].astype(float)
         entry = {"rows": int(mask.sum()), "Hit@1": float(values.mean()) if len(values) else float("nan"),
                  "ci95": half_width_95(values)}
-        if lenient and recommender is not None:
-            entry["Hit@1 lenient"] = float(lenient_hits[mask].mean()) if mask.any() else float("nan")
+        if "lenient hit" in table:
+            entry["Hit@1 lenient"] = float(table["lenient hit"][mask].mean()) if mask.any() else float("nan")
         result["groups"][name] = entry
     return result
+
+
+def evaluate_candidates(dataset, split: str = "test", protocol: str = "sampled", n_candidates: int = 20,
+                        seed: int = 0, rows: int | None = None, recommender=None, record: dict | None = None,
+                        cf_model: CFModel | None = None, lenient: bool = False, progress: bool = True) -> dict:
+    """Hit@1 among each row's candidates, overall and per group (``item_groups``): ``hit_summary`` of
+    ``candidate_hits``."""
+    table = candidate_hits(dataset, split, protocol, n_candidates, seed, rows, recommender, record, cf_model, lenient,
+                           progress)
+    return hit_summary(table, protocol, split, n_candidates, seed)

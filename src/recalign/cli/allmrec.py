@@ -113,7 +113,17 @@ def stage2(
     train_rows: TrainRowsOption = "all",
     max_train_rows: Annotated[int | None, typer.Option(help="The first N training rows only.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the projectors, candidates and order.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    select_every: Annotated[int, typer.Option(help="Optimiser steps between validation rounds: Hit@1 among the "
+                                                   "candidates of the valid split's first --select-rows rows, the "
+                                                   "best round's model kept in --out (0: off, keep the last).")] = 0,
+    select_rows: Annotated[int, typer.Option(help="Validation rows judged each round (the same seeded candidate "
+                                                  "sets every round).")] = 200,
+    select_patience: Annotated[int, typer.Option(help="Stop after N validation rounds without a Hit@1 gain above "
+                                                      "--select-min-delta (0: never).")] = 0,
+    select_min_delta: Annotated[float, typer.Option(help="The Hit@1 gain a round must exceed to count as one.")] =
+        0.001,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out (judged validation rounds "
+                                              "are not judged again).")] = False,
     overwrite: OverwriteOption = False,
     threads: ThreadsOption = None,
 ) -> None:
@@ -123,7 +133,7 @@ def stage2(
     quiet_transformers()
     import numpy as np
 
-    from ..align.allmrec_llm import PromptWords, create_stage2, train_stage2
+    from ..align.allmrec_llm import PromptWords, Stage2Selection, create_stage2, train_stage2
     from ..llm.backbones import LoraSettings
     from ..llm.recommender import RecommenderConfig
     from ..llm.train import SFTConfig
@@ -146,18 +156,29 @@ def stage2(
         joint = np.load(stage1_dir / "joint.npy") if soft_tokens else None
         if train_rows not in ("all", "last"):
             raise ValueError(f"--train-rows takes 'all' or 'last', not {train_rows!r}")
+        selection = Stage2Selection(select_every, select_rows, select_patience, select_min_delta)
+        selection.check(dataset, trains=not zero_shot)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     recommender = create_stage2(dataset, cf_model, joint, config, cf_dropout)
-    result, prompts = train_stage2(recommender, dataset, sft, out, PromptWords.for_dataset(dataset_name),
-                                   n_candidates, epochs, max_train_rows, resume, rows=train_rows)
+    try:
+        result, prompts = train_stage2(recommender, dataset, sft, out, PromptWords.for_dataset(dataset_name),
+                                       n_candidates, epochs, max_train_rows, resume, rows=train_rows,
+                                       selection=selection, log=console.print)
+    except ValueError as exc:  # e.g. --resume with other settings than the interrupted run
+        fail(str(exc))
     if result is None:
         console.print(f"LLM-only (zero-shot): nothing trained; saved in {out}")
         return
     trained = sum(p.numel() for module in (recommender.model, recommender.embedding_hook) if module is not None
                   for p in module.parameters() if p.requires_grad)
+    kept = ""
+    if select_every:
+        rounds = json.loads((out / "selection.json").read_text())
+        best = [row for row in rounds if row["kept"]][-1]  # the model in --out
+        kept = f"; kept step {best['step']} (valid Hit@1 {best['Hit@1']:.4f}, {len(rounds)} rounds judged)"
     console.print(f"trained {trained:,} parameters on {prompts:,} prompts ({result.tokens_per_second:,.0f} "
-                  f"tokens/s); saved in {out}")
+                  f"tokens/s); saved in {out}{kept}")
 
 
 @allmrec_app.command("eval")
@@ -173,13 +194,16 @@ def evaluate(
     n_candidates: Annotated[int | None, typer.Option(help="Candidates per row (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sampled negatives (the same rows for every model).")] = 0,
     lenient: Annotated[bool, typer.Option(help="Also the paper's free generation + substring match.")] = False,
+    hits: Annotated[Path | None, typer.Option(help="Write each row's hit and groups here (parquet: row, target, "
+                                                   "hit, warm/cold item, cold user), for paired comparisons of "
+                                                   "models on the same rows and candidates.")] = None,
     threads: ThreadsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Hit@1 among the candidates, overall and for warm items, cold items and cold users."""
     set_threads(threads)
     quiet_transformers()
-    from ..align.allmrec_llm import evaluate_candidates, load_stage2
+    from ..align.allmrec_llm import candidate_hits, hit_summary, load_stage2
 
     if model is None and cf is None:
         fail("give --model (a stage-2 folder) or --cf (a CF model), or both for --protocol retrieved")
@@ -191,15 +215,23 @@ def evaluate(
             recommender, record = load_stage2(model, dataset)
         except (FileNotFoundError, ValueError) as exc:
             fail(str(exc))
+    n_candidates = n_candidates or record.get("n_candidates", 20)
     try:
-        result = evaluate_candidates(dataset, split, protocol, n_candidates or record.get("n_candidates", 20), seed,
-                                     rows, recommender, record, cf_model, lenient, progress=not as_json)
+        table = candidate_hits(dataset, split, protocol, n_candidates, seed, rows, recommender, record, cf_model,
+                               lenient, progress=not as_json)
     except ValueError as exc:
         fail(str(exc))
+    result = hit_summary(table, protocol, split, n_candidates, seed)
     result.update(model=str(model) if model else None, cf=str(cf) if cf else None)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
-        return
-    for name, entry in result["groups"].items():
-        extra = f", lenient {entry['Hit@1 lenient']:.4f}" if "Hit@1 lenient" in entry else ""
-        console.print(f"{name}: Hit@1 {entry['Hit@1']:.4f} ± {entry['ci95']:.4f} over {entry['rows']:,} rows{extra}")
+    else:
+        for name, entry in result["groups"].items():
+            extra = f", lenient {entry['Hit@1 lenient']:.4f}" if "Hit@1 lenient" in entry else ""
+            console.print(f"{name}: Hit@1 {entry['Hit@1']:.4f} ± {entry['ci95']:.4f} over {entry['rows']:,} "
+                          f"rows{extra}")
+    if hits is not None:  # written last: a benchmark takes it as the sign of a finished evaluation
+        try:
+            table.to_parquet(hits, index=False)
+        except OSError as exc:
+            fail(f"--hits {hits}: {exc}")

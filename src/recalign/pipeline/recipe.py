@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 from ..align.allmrec import Stage1Config
+from ..align.allmrec_llm import Stage2Selection
 from ..align.tca import TCAConfig
 from ..cf import TrainConfig
 from ..data import download as downloads
@@ -118,6 +119,8 @@ class AllmrecStage:
     max_train_rows: int | None = None
     n_candidates: int = 20
     dataset_name: str = ""  # the Amazon category, for the prompt's words
+    selection: Stage2Selection = field(default_factory=Stage2Selection)  # stage 2 until validation Hit@1 stops
+    # rising (every: optimiser steps between validation rounds; 0: off)
 
     def __post_init__(self) -> None:
         if self.soft_tokens and self.recommender.finetune != "frozen":

@@ -282,7 +282,7 @@ def run_allmrec(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -
     train = replace(spec.train, precision=resolve_precision(spec.train.precision))
     result, prompts = train_stage2(recommender, dataset, train, out, PromptWords.for_dataset(spec.dataset_name),
                                    spec.n_candidates, spec.epochs, spec.max_train_rows, resume=True,
-                                   progress=progress, rows=spec.stage1.train_rows)
+                                   progress=progress, rows=spec.stage1.train_rows, selection=spec.selection, log=log)
     steps = result.steps if result is not None else 0
     log(f"A-LLMRec stage 2: {prompts:,} prompts, {steps} optimiser steps; saved in {out}")
     return {"precision": {"weights": recommender.config.precision, "training": train.precision}}
