@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import REPO, CommandRunner, add_runner_arguments, machine, shown_command, write_section
+from common import REPO, CommandRunner, add_runner_arguments, keep_files, machine, shown_command, write_section
 
 SHARED = REPO.parent / "shared" / "data"
 INDUSTRIAL = SHARED / "minionerec" / "Industrial_and_Scientific"
@@ -34,6 +34,7 @@ DOC = REPO / "docs" / "benchmarks" / "quality.md"
 RESULTS = REPO / "docs" / "benchmarks" / "quality"
 TITLE = "Quality: aligned LLM recommenders against SASRec"
 KS = (3, 5, 10)
+KEPT = ("test_eval.json", "test_ranks.parquet", "selection.json", "train/train_log.csv", "train_log.csv")
 KEYWORDS = str(INDUSTRIAL / "description_keywords.json")  # the shipped teacher file (TS-Rec's token semantics)
 TCA = ["--align", "tca", "--cf", "{sasrec}", "--alpha", "{alpha}"]  # the SASRec arm's logits as soft labels
 SASREC = {"kind": "cf", "extra": ["--model", "sasrec"],
@@ -132,7 +133,7 @@ def arm_commands(runner: CommandRunner, args, name: str, table: Table, arms: lis
                                          "--beams", "10", *rows, "--ranks", ranks, "--threads", args.threads,
                                          "--json"], ranks, stdout=out / "test_eval.json")
         if not runner.dry:
-            keep_result(work / arm_name, RESULTS / name / arm_name)
+            keep_files(work / arm_name, RESULTS / name / arm_name, KEPT)
 
 
 def llm_train_argv(args, table: Table, data: Path, sids: Path, out: Path, arm: dict) -> list:
@@ -146,14 +147,6 @@ def llm_train_argv(args, table: Table, data: Path, sids: Path, out: Path, arm: d
             "NDCG@10", "--select-rows", args.select_rows, "--select-patience", "3", "--eval-split", "", "--seed",
             arm["seed"], "--threads", args.threads, "--resume",
             *[x.format(sasrec=out.parent / "sasrec", alpha=args.alpha) for x in extra]]
-
-
-def keep_result(out: Path, kept: Path) -> None:
-    """Copies an arm's small result files (metrics, per-row ranks, train and selection logs) under docs/."""
-    kept.mkdir(parents=True, exist_ok=True)
-    for file in ("test_eval.json", "test_ranks.parquet", "selection.json", "train/train_log.csv", "train_log.csv"):
-        if (out / file).exists():
-            (kept / Path(file).name).write_bytes((out / file).read_bytes())
 
 
 def finished_arms(name: str, table: Table) -> dict[str, dict]:
