@@ -69,6 +69,9 @@ TABLES = {
         arms={"sasrec": SASREC,
               "sid-seq": llm_arm("SmolLM2-135M SID recommender, sequence objective (seed 0)"),
               "sid-seq-seed1": llm_arm("the same, seed 1", seed=1),
+              "sid-seq-mix": llm_arm("the same with MiniOneRec's other tasks in the mix (title <-> SID, history -> "
+                                     "next title; next_item still as sequence rows)",
+                                     ["--tasks", "next_item,title_to_sid,sid_to_title,next_title"]),
               "scratch-seq": llm_arm("from-scratch decoder 4x256, same objective and SIDs",
                                      ["--backbone", "scratch:4x256", "--lr", "1e-3"]),
               "sa-init": llm_arm("+ SA-Init (SID token rows from the shipped teacher keywords)",
