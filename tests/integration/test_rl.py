@@ -1,0 +1,110 @@
+"""`recalign llm rl` on a tiny random recommender: groups are catalogue items, the first step's KL is 0 (the policy
+starts as the reference), a resumed run ends with the weights of an uninterrupted one, the CLI writes its artefacts
+and refuses a model of another catalogue."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pandas as pd
+import pytest
+import torch
+from tests.conftest import rule_dataset
+from typer.testing import CliRunner
+
+import recalign.align.rl as rl
+from recalign.align.rl import RL_LOG, RL_LOG_COLUMNS, RLConfig, rl_prompts, rl_train
+from recalign.cf import build_model
+from recalign.cli import app
+from recalign.data.dataset import Dataset, item_table
+from recalign.llm.recommender import LLMRecommender, RecommenderConfig
+
+runner = CliRunner()
+SFT = RecommenderConfig(backbone="tiny", precision="fp32", finetune="full", prompt="tca4rec", domain="things",
+                        max_history=4)
+SETTINGS = dict(num_beams=4, batch_size=4, micro_batch_size=2, lr=1e-3, precision="fp32", seed=3, warmup_ratio=0.0)
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tmp_path_factory):
+    dataset = rule_dataset(n_users=4)
+    folder = tmp_path_factory.mktemp("sft")
+    LLMRecommender.create(dataset, SFT).save_pretrained(folder)
+    dataset.save(folder.parent / "data")
+    return folder
+
+
+def load(sft_dir):
+    dataset = rule_dataset(n_users=4)
+    recommender = LLMRecommender.from_pretrained(sft_dir, dataset, device="cpu")
+    return dataset, recommender
+
+
+def trainable(recommender):
+    return {n: p.detach().clone() for n, p in recommender.model.named_parameters() if p.requires_grad}
+
+
+def test_groups_are_catalogue_items_and_the_first_kl_is_zero(sft_dir, tmp_path, monkeypatch):
+    dataset, recommender = load(sft_dir)
+    prompts, _ = rl_prompts(recommender, dataset, max_rows=8)
+    seen = []
+    real = rl.group_log_probs
+
+    def recording(model, prompt_ids, groups, *args):
+        seen.extend(groups)
+        return real(model, prompt_ids, groups, *args)
+
+    monkeypatch.setattr(rl, "group_log_probs", recording)
+    result = rl_train(recommender, prompts, RLConfig(**SETTINGS, max_steps=2, reward="ranking+cf"), tmp_path,
+                      cf_model=build_model("sasrec", dataset.n_items, max_len=4), progress=False)
+    identifiers = {tuple(recommender.index.tokens(i)) for i in range(dataset.n_items)}
+    assert seen and all(len(group) == 4 and len({tuple(c) for c in group}) == 4 for group in seen)
+    assert all(tuple(c) in identifiers for group in seen for c in group)
+    assert result.steps == 2 and result.log[0]["kl"] == 0.0  # a fresh adapter: the policy is the reference
+    with open(tmp_path / RL_LOG) as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == RL_LOG_COLUMNS and len(rows) == 2 and float(rows[1]["kl"]) > 0
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(sft_dir, tmp_path, finetune):
+    config = RLConfig(**SETTINGS, finetune=finetune, sync_ref_every=1 if finetune == "full" else 0, beta=0.5)
+    dataset, whole = load(sft_dir)
+    prompts, _ = rl_prompts(whole, dataset, max_rows=12)
+    uninterrupted = rl_train(whole, prompts, config, tmp_path / "a", progress=False)
+    _, first = load(sft_dir)
+    rl_train(first, prompts, RLConfig(**{**config.__dict__, "max_steps": 2}), tmp_path / "b", progress=False)
+    _, resumed = load(sft_dir)
+    result = rl_train(resumed, prompts, config, tmp_path / "b", resume=True, progress=False)
+    assert result.steps == uninterrupted.steps == 3
+    drop = {"seconds"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in result.log] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in uninterrupted.log]
+    a, b = trainable(whole), trainable(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    with pytest.raises(ValueError, match="beta"):
+        rl_train(load(sft_dir)[1], prompts, RLConfig(**{**config.__dict__, "beta": 0.1}), tmp_path / "b",
+                 resume=True, progress=False)
+
+
+def test_cli_trains_saves_and_refuses_another_catalogue(sft_dir, tmp_path):
+    data = sft_dir.parent / "data"
+    out = tmp_path / "rl"
+    done = runner.invoke(app, ["llm", "rl", "--model", str(sft_dir), "--data", str(data), "--out", str(out),
+                               "--beams", "3", "--batch-size", "2", "--micro-batch-size", "1", "--max-steps", "1",
+                               "--precision", "fp32", "--eval-rows", "2", "--threads", "1"])
+    assert done.exit_code == 0, done.output
+    record = json.loads((out / "rl.json").read_text())
+    assert record["steps"] == 1 and "HR@1" in record["eval"]["metrics"]
+    assert (out / "train" / RL_LOG).exists()
+    again = runner.invoke(app, ["llm", "rl", "--model", str(sft_dir), "--data", str(data), "--out", str(out)])
+    assert again.exit_code != 0 and "--overwrite" in again.output
+
+    other = rule_dataset(n_users=4)
+    items = pd.DataFrame({"raw_id": [f"x{i}" for i in range(other.n_items)], "title": other.titles})
+    Dataset(item_table(items), {s: other.table(s) for s in ("train", "valid", "test")}).save(tmp_path / "other")
+    refused = runner.invoke(app, ["llm", "rl", "--model", str(sft_dir), "--data", str(tmp_path / "other"),
+                                  "--out", str(tmp_path / "x"), "--precision", "fp32"])
+    assert refused.exit_code != 0 and "catalogue" in refused.output.lower()
+    assert not (tmp_path / "x" / "rl.json").exists()
