@@ -108,3 +108,10 @@ def test_cli_trains_saves_and_refuses_another_catalogue(sft_dir, tmp_path):
                                   "--out", str(tmp_path / "x"), "--precision", "fp32"])
     assert refused.exit_code != 0 and "catalogue" in refused.output.lower()
     assert not (tmp_path / "x" / "rl.json").exists()
+
+
+def test_reference_sync_is_trls_moving_average():
+    policy, reference = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    expected = [0.6 * p.detach() + 0.4 * r.detach() for p, r in zip(policy.parameters(), reference.parameters())]
+    rl._sync_reference(reference, policy, 0.6)
+    assert all(torch.allclose(r, e) for r, e in zip(reference.parameters(), expected))
