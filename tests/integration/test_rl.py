@@ -115,3 +115,19 @@ def test_reference_sync_is_trls_moving_average():
     expected = [0.6 * p.detach() + 0.4 * r.detach() for p, r in zip(policy.parameters(), reference.parameters())]
     rl._sync_reference(reference, policy, 0.6)
     assert all(torch.allclose(r, e) for r, e in zip(reference.parameters(), expected))
+
+
+def test_an_rl_stage_in_a_recipe_post_trains_the_llm_and_is_reported(tmp_path):
+    from tests.integration.test_pipeline import SMALL, write
+
+    recipe = {**SMALL, "rl": {"train": {"num_beams": 3, "batch_size": 2, "micro_batch_size": 1, "max_steps": 2,
+                                        "precision": "fp32", "reward": "ranking+cf"}, "max_train_rows": 4}}
+    done = runner.invoke(app, ["run", str(write(tmp_path, recipe)), "--run-dir", str(tmp_path / "run")])
+    assert done.exit_code == 0, done.output
+    assert "stages run: data, cf, llm, rl, eval" in done.output
+    stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    results = json.loads((tmp_path / "run" / stages["eval"] / "results.json").read_text())
+    assert "llm (tiny) + rl (ranking+cf)" in results["models"]
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "## RL post-training" in report and "ranking+cf: 2 steps" in report
+    assert (tmp_path / "run" / "report" / "rl.png").stat().st_size > 1000
