@@ -62,8 +62,8 @@ def run(runner: CommandRunner, args) -> dict[str, Path]:
                                         "--threads", args.threads], cf / "config.json")
     folders = {"sft": work / "sft"}
     sft_ranks = folders["sft"] / "test_ranks.parquet"
+    folders["sft"].mkdir(parents=True, exist_ok=True)
     if (args.sft / "test_ranks.parquet").exists() and not sft_ranks.exists():  # left by benchmarks/quality.py
-        folders["sft"].mkdir(parents=True, exist_ok=True)
         shutil.copy(args.sft / "test_ranks.parquet", sft_ranks)
     runner.run("SFT test", eval_argv(args, args.sft, sft_ranks), sft_ranks, stdout=folders["sft"] / "test.json")
     for arm in args.arms:
@@ -144,6 +144,7 @@ def main() -> None:
     args.sft = args.sft.resolve()
     args.data = (args.data or args.sft.parent / "data").resolve()
     args.arms = [a for a in args.arms.split(",") if a]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         parser.error(f"unknown arms {unknown}; choose among {', '.join(ARMS)}")
@@ -151,7 +152,7 @@ def main() -> None:
     kept = run(runner, args)
     text = report(args, runner, kept)
     note = [args.note, ""] if args.note else []
-    args.out.write_text("\n".join(["# RL post-training: GRPO over constrained beams (Industrial_and_Scientific)", "",
+    args.out.write_text("\n".join([f"# RL post-training: GRPO over constrained beams ({args.sft.parent.name})", "",
                               *note, text]) + "\n")
     print(json.dumps({"report": str(args.out)}))
 
