@@ -131,3 +131,28 @@ def test_an_rl_stage_in_a_recipe_post_trains_the_llm_and_is_reported(tmp_path):
     report = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "## RL post-training" in report and "ranking+cf: 2 steps" in report
     assert (tmp_path / "run" / "report" / "rl.png").stat().st_size > 1000
+
+
+def test_the_reference_target_lookup_flag_gives_every_same_prompt_the_last_rows_target(sft_dir):
+    from recalign.data.sequences import examples_from_lists
+
+    _, recommender = load(sft_dir)
+    rows = [([1, 2], 3), ([1, 2], 4), ([5, 6], 7), ([1, 2], 8)]
+    train = examples_from_lists(list(range(4)), [str(u) for u in range(4)], [h for h, _ in rows],
+                                [t for _, t in rows], [0] * 4)
+    base = rule_dataset(n_users=4)
+    dataset = Dataset(base.items, {"train": train, "valid": base.table("valid"), "test": base.table("test")})
+    own, changed = rl_prompts(recommender, dataset)
+    assert [p.target for p in own] == [3, 4, 7, 8] and changed == 0
+    last, changed = rl_prompts(recommender, dataset, reference_target_lookup=True)
+    assert [p.target for p in last] == [8, 8, 7, 8] and changed == 2
+
+
+def test_a_lora_policy_shares_the_models_weights_with_its_reference(sft_dir):
+    _, recommender = load(sft_dir)
+    before = {n: p.data_ptr() for n, p in recommender.model.named_parameters()}
+    policy, reference, frozen = rl.policy_and_reference(recommender.model, RLConfig(finetune="lora"))
+    after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p.data_ptr()
+             for n, p in policy.named_parameters() if "lora_" not in n}
+    assert frozen is None and after == before  # the base weights are the reference's: no second copy
+    assert all("lora_" in n for n, p in policy.named_parameters() if p.requires_grad)
