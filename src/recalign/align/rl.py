@@ -20,6 +20,8 @@ without gradients. The loss is the mean over the step's completions of their tok
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -148,9 +150,7 @@ def rl_prompts(recommender: LLMRecommender, dataset: Dataset, max_rows: int | No
 
 
 def prompts_digest(prompts: Sequence[RLPrompt]) -> str:
-    import hashlib
-    import json
-
+    """The prompts' count and a digest of their tokens and targets: a checkpoint is resumed on the same only."""
     digest = hashlib.sha256()
     for p in prompts:
         digest.update(json.dumps([p.prompt_ids, p.target]).encode())
@@ -213,6 +213,9 @@ def rl_train(recommender: LLMRecommender, prompts: list[RLPrompt], config: RLCon
     out = Path(out)
     if not prompts:
         raise ValueError("no training prompts")
+    if hasattr(recommender.model, "peft_config"):
+        raise ValueError("RL takes a merged recommender (LLMRecommender.from_pretrained(..., merge=True)): a LoRA "
+                         "adapter left unmerged would be trained under a second one")
     precision = resolve_precision(config.precision)
     rewards_of = GroupRewards(recommender, config, cf_model)
     mixed_precision = "bf16" if precision == "bf16" else "no"
