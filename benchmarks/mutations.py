@@ -39,6 +39,8 @@ BEAM = ["tests/unit/test_beam_search.py"]
 TRAINER = ["tests/unit/test_cf_sasrec_trainer.py"]
 SEQUENCE = ["tests/integration/test_sequence_training.py"]
 CHAIN = ["tests/unit/test_chain_examples.py"]
+GRPO = ["tests/unit/test_grpo.py"]
+RL = ["tests/integration/test_rl.py"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,24 @@ MUTATIONS = [
     mutation("minionerec-histories-every-row", "--minionerec-train histories reads every valid row (valid targets "
              "leak into training)", "data/formats/minionerec.py",
              [("        first.setdefault(user, history)", "        first[user] = history")], CHAIN),
+    # --- RL: GRPO over constrained beams
+    mutation("grpo-std-biased", "GRPO advantages: the biased group std (TRL's is unbiased)", "align/grpo.py",
+             [("    std = rewards.std(1, keepdim=True) if",
+               "    std = rewards.std(1, keepdim=True, unbiased=False) if")], GRPO),
+    mutation("grpo-kl-sign", "GRPO loss: the KL penalty rewarded instead of charged", "align/grpo.py",
+             [("    per_token = -(ratio * advantages.unsqueeze(1) - beta * kl)",
+               "    per_token = -(ratio * advantages.unsqueeze(1) + beta * kl)")], GRPO),
+    mutation("grpo-rank-unnormalised", "rank penalty: not divided by the sum of the discounts", "align/grpo.py",
+             [("    penalties = -discounts / discounts.sum()", "    penalties = -discounts")], GRPO),
+    mutation("grpo-positions-after-padding", "shared-prompt log-probs: completion positions count the prompt's "
+             "padding", "align/grpo.py",
+             [("    start = prompt_mask.sum(-1)[owner].unsqueeze(1)",
+               "    start = torch.full_like(prompt_mask.sum(-1)[owner].unsqueeze(1), prompt_mask.shape[1])")], GRPO),
+    mutation("rl-resume-without-weights", "RL resume: the checkpoint's trainable weights are not loaded",
+             "align/rl.py", [("    _load_trainable(policy, models, input_dir)", "    models.clear()")], RL),
+    mutation("rl-sync-weights-swapped", "RL reference sync: alpha weighs the reference instead of the policy",
+             "align/rl.py", [("        ref_parameter.mul_(1 - alpha).add_(parameter.detach(), alpha=alpha)",
+                              "        ref_parameter.mul_(alpha).add_(parameter.detach(), alpha=1 - alpha)")], RL),
     # --- TCA4Rec: soft labels, loss, MSL
     mutation("tca-q-squared", "soft labels: q = (Z(child) / Z(node))^2 instead of the ratio", "align/tca.py",
              [("    return (z_child / z_node[pair_label]).log(), imprecise",

@@ -13,6 +13,7 @@ from .demo import demo
 from .evaluate import evaluate_command
 from .index import index_app
 from .llm import llm_app, recommend_command
+from .rl import llm_rl
 from .run import list_recipes, report_command, run_command
 from .serve import serve_command
 
@@ -24,6 +25,7 @@ app = typer.Typer(help="recalign: LLM-based generative recommendation aligned wi
 app.add_typer(data_app, name="data")
 app.add_typer(cf_app, name="cf")
 app.add_typer(index_app, name="index")
+llm_app.command("rl")(llm_rl)
 app.add_typer(llm_app, name="llm")
 app.add_typer(allmrec_app, name="allmrec")
 app.command("recommend")(recommend_command)

@@ -590,14 +590,14 @@ def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState, con
     accelerator.wait_for_everyone()
 
 
-def _load_checkpoint(accelerator: Accelerator, directory: Path, config: SFTConfig,
-                     examples: str | None = None) -> TrainState:
+def _load_checkpoint(accelerator: Accelerator, directory: Path, config, examples: str | None = None,
+                     keys: tuple[str, ...] = RESUME_KEYS) -> TrainState:
     try:
         saved = json.loads((directory / PROGRESS).read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot resume from {directory / PROGRESS}: the file is damaged ({exc})") from exc
-    changed = [f"{k} {saved['config'][k]!r} (now {getattr(config, k)!r})" for k in RESUME_KEYS
-               if saved["config"][k] != getattr(config, k)]
+    changed = [f"{k} {saved['config'].get(k)!r} (now {getattr(config, k)!r})" for k in keys
+               if saved["config"].get(k) != getattr(config, k)]
     if saved.get("examples", examples) != examples:  # checkpoints of earlier versions recorded no examples
         changed.append(f"training examples {saved['examples']} (now {examples})")
     if changed:
@@ -616,14 +616,14 @@ def _load_checkpoint(accelerator: Accelerator, directory: Path, config: SFTConfi
     return TrainState(**saved["state"])
 
 
-def _write_log(path: Path, log: list[dict]) -> None:
+def _write_log(path: Path, log: list[dict], columns: tuple[str, ...] = LOG_COLUMNS) -> None:
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(log)
 
 
-def _append_log(path: Path, row: dict) -> None:
+def _append_log(path: Path, row: dict, columns: tuple[str, ...] = LOG_COLUMNS) -> None:
     # One row per step: rewriting the whole file each step would be quadratic over a long run.
     with open(path, "a", newline="") as handle:
-        csv.DictWriter(handle, fieldnames=LOG_COLUMNS).writerow(row)
+        csv.DictWriter(handle, fieldnames=columns).writerow(row)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..align.allmrec import Stage1Config
 from ..align.allmrec_llm import Stage2Selection
+from ..align.rl import RLConfig
 from ..align.tca import TCAConfig
 from ..cf import TrainConfig
 from ..data import download as downloads
@@ -95,6 +96,14 @@ class LLMStage:
     max_examples: int | None = None  # examples drawn from the task mix, every task by the same fraction
 
 
+@dataclass
+class RLStage:
+    """GRPO post-training of the llm stage's recommender over its constrained beams (``recalign llm rl``)."""
+
+    train: RLConfig = field(default_factory=RLConfig)
+    max_train_rows: int | None = None  # the first N training rows are the prompts (None: all)
+
+
 def _frozen() -> RecommenderConfig:
     return RecommenderConfig(finetune="frozen")
 
@@ -166,6 +175,7 @@ class Recipe:
     index: IndexStage | None = None
     cf: CFStage | None = None
     llm: LLMStage | None = None
+    rl: RLStage | None = None
     allmrec: AllmrecStage | None = None
     eval: EvalStage = field(default_factory=EvalStage)
 
@@ -193,6 +203,10 @@ class Recipe:
                                   "(llm.recommender.identifier: sid)")
             if downloads.is_dataset_name(self.llm.semantics):
                 self.llm.semantics = _checked_name(self.llm.semantics, "llm.semantics", None)
+        if self.rl is not None and self.llm is None:
+            raise RecipeError("rl post-trains the llm stage's recommender: it needs an llm stage")
+        if self.rl is not None and "cf" in self.rl.train.reward and self.cf is None:
+            raise RecipeError("rl.train.reward cf needs a cf stage (the CF model judges the beams)")
         if self.allmrec is not None and self.cf is None:
             raise RecipeError("allmrec needs a cf stage (the frozen CF model it aligns)")
         if self.eval.beams < max(self.eval.ks):

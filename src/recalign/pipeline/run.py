@@ -1,4 +1,4 @@
-"""Running a recipe: data -> index -> cf -> llm -> allmrec -> eval, each stage in ``RUN_DIR/<stage>-<key>``.
+"""Running a recipe: data -> index -> cf -> llm -> rl -> allmrec -> eval, each stage in ``RUN_DIR/<stage>-<key>``.
 
 A stage's key hashes its own settings and the keys of the stages it reads, so changing the LLM's learning rate
 reruns the LLM and the evaluation but reuses the data and the CF model. A stage is finished when its folder holds
@@ -62,6 +62,10 @@ def stage_settings(recipe: Recipe) -> dict[str, dict]:
         settings["llm"] = {**llm, "files": {"backbone": files_fingerprint(recipe.llm.recommender.backbone),
                                             "prompt": files_fingerprint(recipe.llm.recommender.prompt),
                                             "semantics": files_fingerprint(recipe.llm.semantics)}}
+    if recipe.rl is not None:
+        settings["rl"] = asdict(recipe.rl)
+        for name in NOT_IN_RESULTS:
+            settings["rl"]["train"].pop(name)
     if recipe.allmrec is not None:
         settings["allmrec"] = {**asdict(recipe.allmrec), "files": {
             "backbone": files_fingerprint(recipe.allmrec.recommender.backbone),
@@ -86,8 +90,10 @@ def stage_inputs(recipe: Recipe) -> dict[str, list[str]]:
     llm_reads_cf = recipe.llm is not None and (recipe.llm.align == "tca" or recipe.llm.recommender.use_feature)
     present = stage_settings(recipe)
     llm_reads = ["data", *(["index"] if "index" in present else []), *(["cf"] if llm_reads_cf else [])]
-    return {"data": [], "index": ["data"], "cf": ["data"], "llm": llm_reads, "allmrec": ["data", "cf"],
-            "eval": [stage for stage in ("data", "index", "cf", "llm", "allmrec") if stage in present]}
+    rl_reads = ["data", "llm", *(["cf"] if recipe.rl is not None and "cf" in recipe.rl.train.reward else [])]
+    return {"data": [], "index": ["data"], "cf": ["data"], "llm": llm_reads, "rl": rl_reads,
+            "allmrec": ["data", "cf"],
+            "eval": [stage for stage in ("data", "index", "cf", "llm", "rl", "allmrec") if stage in present]}
 
 
 def stage_keys(recipe: Recipe) -> dict[str, str]:
@@ -266,6 +272,24 @@ def run_llm(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> di
             "training rows": f"{spec.rows}: {rows}"}
 
 
+def run_rl(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> dict:
+    from ..align.rl import rl_prompts, rl_train
+    from ..cf import from_pretrained
+    from ..llm.recommender import LLMRecommender
+
+    spec, out = recipe.rl, folders["rl"]
+    train = replace(spec.train, precision=resolve_precision(spec.train.precision))
+    dataset = _dataset(folders)
+    cf_model = from_pretrained(folders["cf"], dataset) if "cf" in spec.train.reward else None
+    recommender = LLMRecommender.from_pretrained(folders["llm"], dataset, merge=True, precision=train.precision)
+    prompts, _ = rl_prompts(recommender, dataset, spec.max_train_rows, train.reference_target_lookup)
+    result = rl_train(recommender, prompts, train, out / "train", cf_model, resume=True, progress=progress)
+    recommender.config = replace(recommender.config, finetune="full", precision=train.precision)  # saved merged
+    recommender.save_pretrained(out)
+    log(f"RL ({train.reward}): {len(prompts):,} prompts, {result.steps} steps; saved in {out}")
+    return {"precision": {"weights": train.precision, "training": train.precision}}
+
+
 def run_allmrec(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> dict:
     from ..align.allmrec import run_stage1
     from ..align.allmrec_llm import PromptWords, create_stage2, train_stage2
@@ -317,6 +341,11 @@ def run_eval(recipe: Recipe, folders: dict[str, Path], log, progress: bool) -> N
         ranks[name] = evaluation.item_ranks
         extra = {"llm_identifier_metrics": evaluation.identifier_metrics,
                  "llm_users_per_second": evaluation.users_per_second}
+    if "rl" in folders:
+        post_trained = LLMRecommender.from_pretrained(folders["rl"], dataset)
+        evaluation = evaluate_llm(post_trained, dataset, spec.split, spec.ks,
+                                  BeamConfig(num_beams=spec.beams, batch_size=spec.batch_size), spec.rows, progress)
+        ranks[f"{name} + rl ({recipe.rl.train.reward})"] = evaluation.item_ranks
     if "allmrec" in folders:
         extra["candidates"] = candidate_results(recipe, folders, dataset, scorers.get(recipe.cf.model), progress)
     models = {name: {"metrics": ranking_metrics(r, spec.ks), "ci95": confidence_95(r, spec.ks),
@@ -341,5 +370,5 @@ def candidate_results(recipe: Recipe, folders: dict[str, Path], dataset, cf_mode
                                                  cf_model=cf_model, progress=progress)}
 
 
-STAGES = {"data": run_data, "index": run_index, "cf": run_cf, "llm": run_llm, "allmrec": run_allmrec,
+STAGES = {"data": run_data, "index": run_index, "cf": run_cf, "llm": run_llm, "rl": run_rl, "allmrec": run_allmrec,
           "eval": run_eval}

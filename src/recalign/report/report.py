@@ -43,6 +43,9 @@ def write_report(run_dir: str | Path) -> Path:
     curves = training_curves(folders, stages, out / "training.png")
     if curves:
         sections += ["## Training", "", *curves, "", "![training](training.png)", ""]
+    if "rl" in folders and (folders["rl"] / "train" / "rl_log.csv").exists():
+        logs = {stages["rl"]["settings"]["train"]["reward"]: folders["rl"] / "train" / "rl_log.csv"}
+        sections += ["## RL post-training", "", *rl_curves(logs, out / "rl.png"), "", "![RL](rl.png)", ""]
     agreement = cf_agreement(results, stages, out / "agreement.png")
     if agreement:
         sections += ["## Agreement with the CF model", "", agreement, "", "![agreement](agreement.png)", ""]
@@ -233,6 +236,31 @@ def training_curves(folders: dict[str, Path], stages: dict, path: Path) -> list[
         # below the axes, where it covers no curve; it names the twin axis's curve too
         ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
                   frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return lines
+
+
+def rl_curves(logs: dict[str, Path], path: Path, window: int = 10) -> list[str]:
+    """Mean group reward and KL to the reference per RL step (and their means over ``window`` steps), one line
+    per run (``logs``: name -> rl_log.csv); lines of text for a report."""
+    import matplotlib.pyplot as plt
+
+    fig, (reward_ax, kl_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    lines = []
+    for name, log in logs.items():
+        frame = pd.read_csv(log)
+        for ax, column in ((reward_ax, "reward_mean"), (kl_ax, "kl")):
+            ax.plot(frame["step"], frame[column].rolling(window, min_periods=1).mean(), label=name)
+        lines.append(f"- {name}: {len(frame)} steps, mean reward {frame['reward_mean'].head(window).mean():.4f} over "
+                     f"the first {window} and {frame['reward_mean'].tail(window).mean():.4f} over the last; target "
+                     f"among the beams {frame['target_in_group'].head(window).mean():.3f} -> "
+                     f"{frame['target_in_group'].tail(window).mean():.3f}; KL {frame['kl'].tail(window).mean():.3g} "
+                     f"at the end; {frame['seconds'].mean():.1f} s per step.")
+    reward_ax.set(xlabel="RL step", ylabel=f"mean group reward (mean of {window} steps)", title="reward")
+    kl_ax.set(xlabel="RL step", ylabel=f"KL to the reference (k3, mean of {window} steps)", title="KL")
+    reward_ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
