@@ -335,6 +335,7 @@ def test_fsdp_matches_one_process_and_resumes_from_its_sharded_checkpoint(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:bf16 on a CPU without native bf16")  # the dtype is tested, not speed
 def test_fsdp_in_bf16_keeps_the_loss_in_float32_and_takes_float32_features(tmp_path):
     """accelerate's FSDP mixed precision casts module outputs to bf16; the float32 label logits must stay float32,
     or the loss itself is rounded to bf16 (steps 1 and 2 run on the initial weights: warm-up starts at lr 0). An

@@ -91,6 +91,7 @@ def test_tiny_forward_gives_vocabulary_logits(smollm2_folder):
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.filterwarnings("ignore:bf16 on a CPU without native bf16")  # the dtype is tested, not speed
 def test_bf16_precision_casts_every_parameter(smollm2_folder):
     model, _ = tiny(smollm2_folder, precision="bf16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
