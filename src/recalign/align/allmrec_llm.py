@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -257,7 +258,9 @@ def lenient_hit(recommender, history: Sequence[int], candidates: Sequence[int], 
     device = next(model.parameters()).device
     prompt = prompt.to(device)
     hook = recommender.embedding_hook
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # transformers warns that the penalty skips the prompt: exactly the official call's behaviour, not news
+        warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
         embeds = (hooked_embeddings(model, prompt, hook, [(tuple(history), tuple(candidates))]) if hook
                   else model.get_input_embeddings()(prompt))
         output = model.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(prompt), do_sample=False,
