@@ -310,8 +310,9 @@ def main() -> None:
         if arms and not args.report_only:
             arm_commands(runner, args, name, table, arms)
     header = (f"Produced by `{shown_command('quality.py')}` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC) on "
-              f"{machine()}, {args.threads} threads, fp32 (`auto`: no native bf16 here). Each arm's small result files "
-              "are kept under `docs/benchmarks/quality/`; the commands of every finished arm are under *Commands*.")
+              f"{machine()}, fp32 (`auto`: no native bf16 here), one heavy job at a time, each command's threads as "
+              "listed under *Commands* (the arms run over several sittings; this is the last). Each arm's small result "
+              "files are kept under `docs/benchmarks/quality/`.")
     write_section(args.out, "header", header, TITLE)
     listed = CommandRunner(args.work, args.python, dry=True)
     for name, table in TABLES.items():
