@@ -150,18 +150,20 @@ def arm_commands(runner: CommandRunner, args, name: str, table: Table, arms: lis
 
 
 def sasrec_sweep(runner: CommandRunner, args, name: str, work: Path, data: Path) -> Path:
-    """Trains every SASREC_SWEEP setting (validation rows only) and returns the folder of the best on valid NDCG@10."""
-    best, best_score = None, float("-inf")
+    """Trains every SASREC_SWEEP setting (validation rows only) and returns the folder of the best."""
     for setting, options in SASREC_SWEEP.items():
         out = work / "sasrec-sweep" / setting
         runner.run(f"{name}: SASRec sweep {setting}", ["cf", "train", "--data", data, "--model", "sasrec", "--out", out,
                                                        *options, *SWEEP_LIMITS, "--threads", args.threads],
                    out / "test_metrics.json")
-        if (out / "train_log.csv").exists():
-            score = pd.read_csv(out / "train_log.csv")["valid_NDCG@10"].max()
-            if score > best_score:
-                best, best_score = out, score
-    return best if best is not None else work / "sasrec-sweep" / "default"
+    return best_sasrec(work)
+
+
+def best_sasrec(work: Path) -> Path:
+    """The swept SASRec with the best valid NDCG@10 (the default setting until one has trained)."""
+    logs = {setting: work / "sasrec-sweep" / setting / "train_log.csv" for setting in SASREC_SWEEP}
+    scores = {setting: pd.read_csv(log)["valid_NDCG@10"].max() for setting, log in logs.items() if log.exists()}
+    return work / "sasrec-sweep" / (max(scores, key=scores.get) if scores else "default")
 
 
 def sweep_lines(name: str) -> list[str]:
@@ -190,8 +192,7 @@ def llm_train_argv(args, table: Table, data: Path, sids: Path, out: Path, arm: d
             *[x for x in shared if x is not None], "--epochs", args.epochs, "--select-every", "1", "--select-metric",
             "NDCG@10", "--select-rows", args.select_rows, "--select-patience", "3", "--eval-split", "", "--seed",
             arm["seed"], "--threads", args.threads, "--resume",
-            *[x.format(sasrec=sasrec_sweep(CommandRunner(args.work, dry=True), args, "", out.parent, data),
-                       alpha=args.alpha) for x in extra]]
+            *[x.format(sasrec=best_sasrec(out.parent), alpha=args.alpha) for x in extra]]
 
 
 def finished_arms(name: str, table: Table) -> dict[str, dict]:
@@ -256,6 +257,29 @@ def plot_curves(arms: dict[str, dict], title: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def hit_breakdown(data: Path, arms: dict[str, dict], test_rows: int | None) -> list[str]:
+    """Where each arm's hits are: rows whose target repeats a history item and rows with a new item, top 10 and
+    first place (needs the prepared data in the working folder)."""
+    if not (data / "manifest.json").exists():
+        return []
+    from recalign.data import load_dataset
+    from recalign.eval.protocols import split_histories
+
+    dataset = load_dataset(data)
+    histories = split_histories(*dataset.histories("test"))[:test_rows]
+    targets = dataset.table("test").column("target").to_numpy()[:test_rows]
+    repeat = np.array([target in set(history.tolist()) for history, target in zip(histories, targets)])
+    lines = [f"Where the hits are ({repeat.sum():,} rows whose target repeats a history item, {(~repeat).sum():,} "
+             "with a new item):", "", "| arm | ranked first | repeat rows: top 10 | repeat rows: first | "
+             "new-item rows: top 10 | new-item rows: first |", "|---|---|---|---|---|---|"]
+    for arm_name, arm in arms.items():
+        ranks = arm["ranks"]
+        lines.append(f"| {arm_name} | {(ranks == 0).sum():,} | {(ranks[repeat] < 10).sum():,} | "
+                     f"{(ranks[repeat] == 0).sum():,} | {(ranks[~repeat] < 10).sum():,} | "
+                     f"{(ranks[~repeat] == 0).sum():,} |")
+    return lines + [""]
+
+
 def table_section(args, name: str, table: Table) -> str:
     arms = finished_arms(name, table)
     lines = [f"## {name}", "", table.setting, ""]
@@ -278,7 +302,7 @@ def table_section(args, name: str, table: Table) -> str:
                      + f"{arm['record'].get('diversity', {}).get('distinct_top1', '–')} | "
                      + (f"{curve[-1][0]:.1f} | {best[1]:.4f} ({best[0]:.1f}) |" if curve else "– | – |"))
     lines += ["", *[f"- **{arm_name}**: {table.arms[arm_name]['about']}" for arm_name in arms], "",
-              *sweep_lines(name),
+              *sweep_lines(name), *hit_breakdown(args.work / name / "data", arms, table.test_rows),
               "*Distinct top-1 items*: how many different items the LLM ranks first over the test rows (a model "
               "that learned popularity rather than the user ranks the same few first for everyone).", "",
               f"![validation NDCG@10 against training time]({plot})", "",

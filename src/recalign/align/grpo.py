@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..decode.beam import _cache_name, left_pad
+from ..decode.beam import cache_argument_name, left_pad
 from ..llm.backbones import unwrap_causal_lm
 from ..llm.hooks import EmbeddingHook, hooked_embeddings
 
@@ -120,7 +120,7 @@ def group_log_probs(model, prompts: Sequence[Sequence[int]], groups: Sequence[Se
     else:
         inputs = {"inputs_embeds": hooked_embeddings(unwrap_causal_lm(model), ids, embedding_hook, histories)}
     out = model(**inputs, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache_name = _cache_name()
+    cache_name = cache_argument_name()
     cache = getattr(out, cache_name)
     owner = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([len(g) for g in groups])).to(device)
     first_logits = out.logits[:, -1][owner]  # the prompt's last position predicts each completion's first token

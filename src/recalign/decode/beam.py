@@ -90,7 +90,7 @@ def _search_batch(model, prompts: list[list[int]], index: ItemIndex, config: Bea
         inputs = {"inputs_embeds": hooked_embeddings(model, ids.to(model.device), embedding_hook, histories)}
     out = model(**inputs, attention_mask=prompt_mask.to(model.device),
                 position_ids=positions.to(model.device), use_cache=True, logits_to_keep=1)
-    cache_name = _cache_name()
+    cache_name = cache_argument_name()
     cache = getattr(out, cache_name)
     log_probs = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu().repeat_interleave(k, 0)
     cache.batch_repeat_interleave(k)
@@ -159,7 +159,7 @@ def _search_batch(model, prompts: list[list[int]], index: ItemIndex, config: Bea
                    scores=final_score[u][torch.isfinite(final_score[u])].tolist()) for u in range(n_users)]
 
 
-def _cache_name() -> str:
+def cache_argument_name() -> str:
     """The key-value cache's argument and output name: transformers 5.2x renamed ``past_key_values`` to ``cache``
     and warns (FutureWarning) on every call that uses the old one."""
     from transformers.modeling_outputs import CausalLMOutputWithPast

@@ -151,10 +151,10 @@ def evaluate_llm(recommender: LLMRecommender, dataset: Dataset, split: str = "te
 
 
 def diversity(results: list[Ranked], recommender: LLMRecommender, ks) -> dict[str, float]:
-    k = max(ks)
-    top = np.full((len(results), k), -1)
+    widest = max(ks)
+    top = np.full((len(results), widest), -1)
     for row, result in enumerate(results):
-        items = result.items(recommender.index, k)
+        items = result.items(recommender.index, widest)
         top[row, :len(items)] = items
     n_items = len(recommender.raw_ids)
     return {**{f"coverage@{k}": coverage(top, n_items, k) for k in ks},
